@@ -1,0 +1,57 @@
+"""fastwb: a fast CPU backend for the weights and biases of neural networks.
+
+Public layer (start reading here):
+
+* :mod:`fastwb.functional`: dense layers (``linear``, ``linear_backward``),
+  activations and their backward passes, ``softmax`` and
+  ``softmax_cross_entropy``; all re-exported here.
+* :mod:`fastwb.reference`: the pure-NumPy twin of every public function, the
+  correctness reference and the benchmark baseline.
+* threads: :func:`set_num_threads`, :func:`get_num_threads`, :func:`threads`;
+  :func:`show_config` reports the build, OpenMP runtime and BLAS.
+
+The compiled kernels live in the private ``fastwb._dense`` and
+``fastwb._losses`` (Cython + OpenMP) over C helpers in ``csrc/``.
+"""
+
+# Importing _runtime loads the OpenMP runtime (with passive waiting unless the
+# user chose a policy) before any other compiled module of fastwb.
+from fastwb._runtime import get_num_threads, plan_threads, set_num_threads, show_config, threads
+from fastwb._version import __version__
+from fastwb.functional import (
+    leaky_relu,
+    leaky_relu_backward,
+    linear,
+    linear_backward,
+    relu,
+    relu_backward,
+    sigmoid,
+    sigmoid_backward,
+    softmax,
+    softmax_backward,
+    softmax_cross_entropy,
+    tanh,
+    tanh_backward,
+)
+
+__all__ = [
+    "__version__",
+    "get_num_threads",
+    "set_num_threads",
+    "threads",
+    "show_config",
+    "plan_threads",
+    "linear",
+    "linear_backward",
+    "relu",
+    "leaky_relu",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "relu_backward",
+    "leaky_relu_backward",
+    "sigmoid_backward",
+    "tanh_backward",
+    "softmax_backward",
+    "softmax_cross_entropy",
+]

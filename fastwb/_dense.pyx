@@ -1,0 +1,125 @@
+# Kernels of dense layers: bias + activation after a GEMM, the activation
+# derivative fused with the bias-gradient column sums, and elementwise
+# activations.  Kernel room: no validation, no allocation, no Python objects
+# inside the loops.  The caller (fastwb/functional.py) has checked shapes,
+# dtypes and contiguity and chosen n_threads.
+#
+# Work is split into n_threads contiguous parts with static scheduling; each
+# part is handed to a C row kernel of csrc/fwb_rows.h.  Elementwise results do
+# not depend on the split; column sums are accumulated row by row in a fixed
+# order inside each column, so they do not depend on it either.
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memset
+
+from fastwb._rows cimport *
+
+
+cdef inline Py_ssize_t _part(Py_ssize_t n, Py_ssize_t t, Py_ssize_t parts) noexcept nogil:
+    """Start of part t when n items are split into `parts` parts (t == parts gives n).
+    Inner boundaries are multiples of 16 items, so threads never share a cache line."""
+    if t >= parts:
+        return n
+    return ((n * t) // parts) & ~(<Py_ssize_t>15)
+
+
+cdef inline void _bias_act(const floating *z, const floating *b, floating *y, Py_ssize_t n,
+                           int act, double alpha) noexcept nogil:
+    if floating is float:
+        fwb_bias_act_f32(z, b, y, n, act, <float>alpha)
+    else:
+        fwb_bias_act_f64(z, b, y, n, act, alpha)
+
+
+cdef inline void _act_grad(const floating *g, const floating *y, floating *dz, Py_ssize_t n,
+                           int act, double alpha) noexcept nogil:
+    if floating is float:
+        fwb_act_grad_f32(g, y, dz, n, act, <float>alpha)
+    else:
+        fwb_act_grad_f64(g, y, dz, n, act, alpha)
+
+
+cdef inline void _accumulate(floating *acc, const floating *v, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fwb_accumulate_f32(acc, v, n)
+    else:
+        fwb_accumulate_f64(acc, v, n)
+
+
+def bias_act_rows(const floating[:, ::1] z,   # IN  (n, m)
+                  const floating[::1] b,      # IN  (m,) or None
+                  floating[:, ::1] y,         # OUT (n, m), may be z
+                  int act, double alpha, int n_threads):
+    """y = act(z + b) row by row, rows spread over n_threads."""
+    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
+    cdef const floating *bp = NULL
+    if b is not None:
+        bp = &b[0]
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            _bias_act(&z[i, 0], bp, &y[i, 0], m, act, alpha)
+
+
+def act_flat(const floating[::1] z,   # IN  (n,)
+             floating[::1] y,         # OUT (n,), may be z
+             int act, double alpha, int n_threads):
+    """y = act(z) elementwise over a flat array."""
+    cdef Py_ssize_t n = z.shape[0], lo, hi, t
+    with nogil:
+        for t in prange(n_threads, schedule="static", num_threads=n_threads):
+            lo = _part(n, t, n_threads)
+            hi = _part(n, t + 1, n_threads)
+            if hi > lo:
+                _bias_act(&z[lo], <const floating *>NULL, &y[lo], hi - lo, act, alpha)
+
+
+def act_grad_flat(const floating[::1] g,   # IN  (n,) upstream gradient
+                  const floating[::1] y,   # IN  (n,) activation output
+                  floating[::1] dz,        # OUT (n,), may be g or y
+                  int act, double alpha, int n_threads):
+    """dz = g * act'(y) elementwise over flat arrays."""
+    cdef Py_ssize_t n = g.shape[0], lo, hi, t
+    with nogil:
+        for t in prange(n_threads, schedule="static", num_threads=n_threads):
+            lo = _part(n, t, n_threads)
+            hi = _part(n, t + 1, n_threads)
+            if hi > lo:
+                _act_grad(&g[lo], &y[lo], &dz[lo], hi - lo, act, alpha)
+
+
+def act_grad_colsum(const floating[:, ::1] g,   # IN  (n, m) upstream gradient
+                    const floating[:, ::1] y,   # IN  (n, m) activation output
+                    floating[:, ::1] dz,        # OUT (n, m), may be g
+                    floating[::1] gb,           # OUT (m,) column sums of dz
+                    int act, double alpha, int n_threads):
+    """dz = g * act'(y) and gb = dz.sum(axis=0) in one pass.
+
+    Threads own disjoint column ranges; inside its range a thread walks the
+    rows in order, so every column is summed row 0, 1, 2, ... whatever the
+    number of threads (the same order as NumPy's sum over axis 0)."""
+    cdef Py_ssize_t n = g.shape[0], m = g.shape[1], c0, c1, r, t
+    with nogil:
+        for t in prange(n_threads, schedule="static", num_threads=n_threads):
+            c0 = _part(m, t, n_threads)
+            c1 = _part(m, t + 1, n_threads)
+            if c1 > c0:
+                memset(&gb[c0], 0, (c1 - c0) * sizeof(floating))
+                for r in range(n):
+                    _act_grad(&g[r, c0], &y[r, c0], &dz[r, c0], c1 - c0, act, alpha)
+                    _accumulate(&gb[c0], &dz[r, c0], c1 - c0)
+
+
+def colsum(const floating[:, ::1] v,   # IN  (n, m)
+           floating[::1] out,          # OUT (m,)
+           int n_threads):
+    """out = v.sum(axis=0), each column summed in row order (see act_grad_colsum)."""
+    cdef Py_ssize_t n = v.shape[0], m = v.shape[1], c0, c1, r, t
+    with nogil:
+        for t in prange(n_threads, schedule="static", num_threads=n_threads):
+            c0 = _part(m, t, n_threads)
+            c1 = _part(m, t + 1, n_threads)
+            if c1 > c0:
+                memset(&out[c0], 0, (c1 - c0) * sizeof(floating))
+                for r in range(n):
+                    _accumulate(&out[c0], &v[r, c0], c1 - c0)

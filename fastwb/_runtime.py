@@ -1,0 +1,167 @@
+"""Loading the OpenMP runtime with passive waiting, and fastwb's thread controls.
+
+Why passive waiting: by default libgomp's idle threads busy-wait after each
+parallel region, on the very cores that NumPy's BLAS threads need next.
+Measured on the 2-core development machine (../shared/DESIGN.md), a GEMM
+followed by a 2-thread fastwb pass took 20x longer than the two alone.  So the
+first import of fastwb loads its OpenMP runtime with ``OMP_WAIT_POLICY=PASSIVE``
+unless the user has chosen a policy (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or
+``KMP_BLOCKTIME`` in the environment), and then removes the variable again, so
+that it does not leak into subprocesses or into another OpenMP runtime loaded
+later (PyTorch ships its own).
+
+Threads: fastwb keeps no count of its own.  The OpenMP runtime's thread
+count (``OMP_NUM_THREADS``, :func:`set_num_threads`, or threadpoolctl's
+``threadpool_limits(..., user_api="openmp")``) is the single source of truth,
+read once per kernel call; small work runs serially (:func:`plan_threads`).
+"""
+
+import contextlib
+import operator
+import os
+import sys
+
+_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def _mapped_files():
+    """Shared objects mapped into this process (Linux), or None where unknown."""
+    try:
+        with open("/proc/self/maps") as fh:
+            return {line.split(None, 5)[5].strip() for line in fh if len(line.split(None, 5)) == 6}
+    except OSError:
+        return None
+
+
+def _load_runtime():
+    user = {k: os.environ[k] for k in _WAIT_VARIABLES if k in os.environ}
+    before = _mapped_files()
+    if user:
+        from fastwb import _threads
+        policy = "user setting: " + ", ".join(f"{k}={v}" for k, v in user.items())
+    else:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        try:
+            from fastwb import _threads
+        finally:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        policy = "passive (fastwb default)"
+    library = _threads.runtime_library()
+    if not _threads.openmp_enabled():
+        policy = "none (serial build)"
+    elif before is not None and library and os.path.realpath(library) in {os.path.realpath(p) for p in before}:
+        policy = (
+            "runtime default: the OpenMP runtime was loaded before fastwb; set "
+            "OMP_WAIT_POLICY=PASSIVE before starting Python to avoid busy-waiting"
+        )
+    return _threads, policy
+
+
+_threads, WAIT_POLICY = _load_runtime()
+
+
+def get_num_threads():
+    """Number of threads fastwb kernels may use (the OpenMP runtime's count)."""
+    return _threads.max_threads()
+
+
+def set_num_threads(n):
+    """Set the number of threads fastwb kernels may use.
+
+    This sets the OpenMP runtime's thread count for the calling thread, the
+    same setting that ``OMP_NUM_THREADS`` and threadpoolctl control.
+    """
+    if isinstance(n, bool):
+        raise TypeError("n must be an integer number of threads, got bool")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n must be an integer number of threads, got {type(n).__name__}") from None
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    _threads.set_max_threads(n)
+
+
+@contextlib.contextmanager
+def threads(n):
+    """Context manager: run the block with ``n`` fastwb threads, then restore.
+
+    >>> with fastwb.threads(1):
+    ...     y = fastwb.relu(x)
+    """
+    previous = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        _threads.set_max_threads(previous)
+
+
+# Work per thread below which a kernel runs serially.  Waking a sleeping
+# (passive) OpenMP thread costs tens of microseconds, so a second thread only
+# pays off when each gets at least this many elements.  Measured with
+# bench/bench_threads.py on the 2-core development machine.
+GRAIN_MEMORY = 1 << 17      # cheap elementwise work: add, max, multiply
+GRAIN_COMPUTE = 1 << 15     # exp-based work: sigmoid, tanh, softmax
+
+
+def plan_threads(work, grain=GRAIN_MEMORY):
+    """Threads to use for ``work`` elements: 1 below 2*grain, else at most work // grain."""
+    n = _threads.max_threads()
+    if n <= 1 or work < 2 * grain:
+        return 1
+    return int(min(n, work // grain))
+
+
+def _blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = None
+    if threadpool_info is not None:
+        blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        if blas:
+            b = blas[0]
+            return {k: b.get(k) for k in ("internal_api", "version", "num_threads", "filepath")}
+    try:
+        import numpy as np
+        cfg = np.show_config(mode="dicts")
+        dep = cfg["Build Dependencies"]["blas"]
+        return {"internal_api": dep.get("name"), "version": dep.get("version"), "num_threads": None, "filepath": None}
+    except Exception:
+        return {"internal_api": "unknown", "version": None, "num_threads": None, "filepath": None}
+
+
+def config():
+    """The configuration dict reported by :func:`fastwb.show_config`."""
+    import numpy as np
+    from fastwb._version import __version__
+
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "openmp": _threads.openmp_enabled(),
+        "openmp_runtime": _threads.runtime_library() or None,
+        "num_threads": get_num_threads(),
+        "wait_policy": WAIT_POLICY,
+        "blas": _blas_info(),
+        "build": _threads.build_info(),
+    }
+
+
+def show_config():
+    """Print fastwb's configuration and return it as a dict.
+
+    Keys: ``version``, ``openmp`` (bool: compiled with OpenMP),
+    ``openmp_runtime`` (the shared library found), ``num_threads``,
+    ``wait_policy``, ``blas`` (NumPy's BLAS, the only one fastwb uses) and
+    ``build`` (compiler and flags of the installed binary).
+    """
+    cfg = config()
+    width = max(len(k) for k in cfg)
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, ""))
+        print(f"{key:<{width}}  {value}")
+    return cfg

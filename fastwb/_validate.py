@@ -1,0 +1,92 @@
+"""Argument checks shared by fastwb's public functions.
+
+Every error a caller can cause is raised here, before any compiled code runs,
+with a message that names the argument and its shape or dtype.  Inputs that
+are not C-contiguous are copied (kernels read only contiguous memory); an
+``out`` array is never copied: it must already be right.
+"""
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# activation name -> code understood by the C kernels (csrc/fwb_rows.h)
+ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+
+
+def float_array(name, a, ndim=None, contiguous=True):
+    """``a`` as a float32/float64 ndarray (C-contiguous when asked: copied if needed)."""
+    a = np.asarray(a)
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have dtype float32 or float64, got {a.dtype} "
+            f"(convert explicitly, e.g. {name}.astype(np.float32))"
+        )
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got {a.ndim}-D array of shape {a.shape}")
+    if contiguous and not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a
+
+
+def same_dtype(**arrays):
+    """Raise TypeError unless every given array (None skipped) has one dtype; return it."""
+    named = [(k, v) for k, v in arrays.items() if v is not None]
+    dtype = named[0][1].dtype
+    if any(v.dtype != dtype for _, v in named[1:]):
+        listing = ", ".join(f"{k}: {v.dtype}" for k, v in named)
+        raise TypeError(f"mixed dtypes ({listing}); fastwb never upcasts silently, convert them to one dtype")
+    return dtype
+
+
+def out_array(name, out, shape, dtype):
+    """Check a caller-supplied output array, or allocate one when ``out`` is None."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (it is written in place, never copied)")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def unaliased(inp, out):
+    """``inp``, copied when it overlaps ``out`` without being the very same array."""
+    if out is not inp and np.may_share_memory(inp, out):
+        return inp.copy()
+    return inp
+
+
+def activation_code(activation, alpha):
+    """``(code, alpha)``: the kernel code of an activation name and the slope to pass
+    (checked for leaky_relu, 0.0 for the others)."""
+    try:
+        code = ACTIVATIONS[activation]
+    except (KeyError, TypeError):
+        valid = ", ".join(repr(a) for a in ACTIVATIONS)
+        raise ValueError(f"unknown activation {activation!r}; valid names are {valid}") from None
+    if code == ACTIVATIONS["leaky_relu"]:
+        return code, check_alpha(alpha)
+    return code, 0.0
+
+
+def check_alpha(alpha):
+    """Leaky ReLU slope: a real number >= 0 (the backward pass reads the sign of y)."""
+    try:
+        ok = float(alpha) >= 0.0
+    except (TypeError, ValueError):
+        raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}") from None
+    if not ok:
+        raise ValueError(f"alpha must be >= 0 (and not NaN), got {alpha!r}")
+    return float(alpha)
+
+
+def same_shape(name_a, a, name_b, b):
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}; they must match")

@@ -1,0 +1,310 @@
+"""Dense layers, activations and the softmax cross-entropy loss.
+
+This is fastwb's fast functional API: every function checks its arguments,
+allocates its result (or writes into ``out=``), picks a thread count from the
+size of the work, and makes one call into a compiled kernel.  Matrix products
+are NumPy's own (``np.matmul`` with ``out=``), so fastwb shares the BLAS and
+thread pool of the user's NumPy; the kernels fuse everything around them.
+
+Shapes follow the slides: a dense layer has ``W`` of shape ``(in, out)`` and
+computes ``y = act(x @ W + b)`` for a batch ``x`` of shape ``(n, in)``.
+
+Every function here has a pure-NumPy twin of the same name and signature in
+:mod:`fastwb.reference`.
+"""
+
+import numpy as np
+
+from fastwb import _dense, _losses
+from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, plan_threads
+from fastwb._validate import (
+    ACTIVATIONS,
+    activation_code,
+    check_alpha,
+    float_array,
+    out_array,
+    same_dtype,
+    same_shape,
+    unaliased,
+)
+
+__all__ = [
+    "linear",
+    "linear_backward",
+    "relu",
+    "leaky_relu",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "relu_backward",
+    "leaky_relu_backward",
+    "sigmoid_backward",
+    "tanh_backward",
+    "softmax_backward",
+    "softmax_cross_entropy",
+]
+
+_IDENTITY = ACTIVATIONS["identity"]
+_EXP_BASED = (ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"])
+
+
+def _grain(code):
+    return GRAIN_COMPUTE if code in _EXP_BASED else GRAIN_MEMORY
+
+
+def _column_threads(n, m, grain):
+    """Threads for a pass that splits m columns into ranges of at least 16."""
+    return min(plan_threads(n * m, grain), max(1, m // 16))
+
+
+# ---------------------------------------------------------------------------
+# dense layer
+# ---------------------------------------------------------------------------
+
+def linear(x, W, b=None, activation="identity", alpha=0.01, out=None):
+    r"""Dense layer forward pass: ``y = act(x @ W + b)``.
+
+    .. math:: y_{ij} = \mathrm{act}\Big(\sum_k x_{ik} W_{kj} + b_j\Big)
+
+    Parameters
+    ----------
+    x : (n, in) float32 or float64 array
+    W : (in, out) array of the same dtype
+    b : (out,) array of the same dtype, or None for no bias
+    activation : {"identity", "relu", "leaky_relu", "sigmoid", "tanh"}
+    alpha : float >= 0, the negative slope of ``leaky_relu``
+    out : optional (n, out) C-contiguous array of the same dtype to write into
+
+    The GEMM is ``np.matmul(x, W, out=y)``; bias and activation are then one
+    pass over ``y`` in place.  ``sigmoid`` is evaluated as ``1/(1+e)`` or
+    ``e/(1+e)`` with ``e = exp(-|z|)``, so it never overflows.
+    """
+    code, alpha = activation_code(activation, alpha)
+    x = float_array("x", x, ndim=2, contiguous=False)
+    W = float_array("W", W, ndim=2, contiguous=False)
+    if b is not None:
+        b = float_array("b", b, ndim=1)
+    dtype = same_dtype(x=x, W=W, b=b)
+    n, k = x.shape
+    if W.shape[0] != k:
+        raise ValueError(f"x has shape {x.shape} and W has shape {W.shape}: x.shape[1] must equal W.shape[0]")
+    m = W.shape[1]
+    if b is not None and b.shape != (m,):
+        raise ValueError(f"b has shape {b.shape}, expected ({m},) to match W of shape {W.shape}")
+    y = out_array("out", out, (n, m), dtype)
+    np.matmul(x, W, out=y)
+    if y.size and (b is not None or code != _IDENTITY):
+        _dense.bias_act_rows(y, b, y, code, alpha, plan_threads(y.size, _grain(code)))
+    return y
+
+
+def linear_backward(grad_y, y, x, W, activation="identity", alpha=0.01, need_grad_x=True, out=None, work=None):
+    r"""Dense layer backward pass.  Returns ``(grad_x or None, grad_W, grad_b)``.
+
+    With :math:`dz = \partial L/\partial y \odot \mathrm{act}'`:
+
+    .. math:: \mathrm{grad\_W} = x^\top dz, \quad
+              \mathrm{grad\_b} = \textstyle\sum_i dz_{i\cdot}, \quad
+              \mathrm{grad\_x} = dz\, W^\top
+
+    The derivative is read off the layer output ``y`` (``relu``: ``y > 0``;
+    ``leaky_relu``: 1 or ``alpha``; ``sigmoid``: ``y(1-y)``; ``tanh``:
+    ``1-y^2``), so no pre-activation needs to be stored; ``y`` may be None
+    for ``identity``.  ``dz`` and the column sums ``grad_b`` come out of one
+    fused pass; the two products are NumPy GEMMs.
+
+    Parameters
+    ----------
+    grad_y : (n, out) gradient of the loss with respect to ``y``
+    y : (n, out) the layer output from :func:`linear`
+    x : (n, in) the layer input
+    W : (in, out) the weights
+    need_grad_x : compute ``grad_x`` (False for a first layer)
+    out : optional tuple ``(grad_x or None, grad_W, grad_b)`` of arrays to fill
+    work : optional (n, out) scratch array for ``dz`` (unused for identity)
+    """
+    code, alpha = activation_code(activation, alpha)
+    grad_y = float_array("grad_y", grad_y, ndim=2)
+    x = float_array("x", x, ndim=2, contiguous=False)
+    W = float_array("W", W, ndim=2, contiguous=False)
+    if code != _IDENTITY or y is not None:
+        y = float_array("y", y, ndim=2)
+        same_shape("grad_y", grad_y, "y", y)
+    dtype = same_dtype(grad_y=grad_y, y=y, x=x, W=W)
+    n, m = grad_y.shape
+    k = W.shape[0]
+    if W.shape[1] != m:
+        raise ValueError(f"W has shape {W.shape} but grad_y has shape {grad_y.shape}: W.shape[1] must equal grad_y.shape[1]")
+    if x.shape != (n, k):
+        raise ValueError(f"x has shape {x.shape}, expected {(n, k)} from grad_y {grad_y.shape} and W {W.shape}")
+    if out is None:
+        out = (None, None, None)
+    elif not isinstance(out, (tuple, list)) or len(out) != 3:
+        raise TypeError("out must be a tuple (grad_x or None, grad_W, grad_b)")
+    gx = out_array("out[0] (grad_x)", out[0], (n, k), dtype) if need_grad_x else None
+    gW = out_array("out[1] (grad_W)", out[1], (k, m), dtype)
+    gb = out_array("out[2] (grad_b)", out[2], (m,), dtype)
+
+    if code == _IDENTITY:
+        dz = grad_y
+        if m:
+            _dense.colsum(dz, gb, _column_threads(n, m, GRAIN_MEMORY))
+    else:
+        dz = out_array("work", work, (n, m), dtype)
+        if m:
+            _dense.act_grad_colsum(grad_y, y, dz, gb, code, alpha, _column_threads(n, m, _grain(code)))
+    np.matmul(x.T, dz, out=gW)
+    if need_grad_x:
+        np.matmul(dz, W.T, out=gx)
+    return gx, gW, gb
+
+
+# ---------------------------------------------------------------------------
+# elementwise activations and their backward passes (any shape)
+# ---------------------------------------------------------------------------
+
+def _activate(x, code, alpha, out):
+    x = float_array("x", x)
+    y = out_array("out", out, x.shape, x.dtype)
+    x = unaliased(x, y)
+    if x.size:
+        _dense.act_flat(x.reshape(-1), y.reshape(-1), code, alpha, plan_threads(x.size, _grain(code)))
+    return y
+
+
+def _activation_backward(grad_y, y, code, alpha, out):
+    grad_y = float_array("grad_y", grad_y)
+    y = float_array("y", y)
+    same_dtype(grad_y=grad_y, y=y)
+    same_shape("grad_y", grad_y, "y", y)
+    dz = out_array("out", out, y.shape, y.dtype)
+    grad_y = unaliased(grad_y, dz)
+    y = unaliased(y, dz)
+    if y.size:
+        _dense.act_grad_flat(grad_y.reshape(-1), y.reshape(-1), dz.reshape(-1), code, alpha,
+                             plan_threads(y.size))
+    return dz
+
+
+def relu(x, out=None):
+    r"""Rectified linear unit, elementwise: :math:`\max(x, 0)` (NaN stays NaN)."""
+    return _activate(x, ACTIVATIONS["relu"], 0.0, out)
+
+
+def leaky_relu(x, alpha=0.01, out=None):
+    r"""Leaky ReLU, elementwise: :math:`x` if :math:`x > 0` else :math:`\alpha x` (alpha >= 0)."""
+    return _activate(x, ACTIVATIONS["leaky_relu"], check_alpha(alpha), out)
+
+
+def sigmoid(x, out=None):
+    r"""Logistic sigmoid :math:`1/(1+e^{-x})`, evaluated without overflow for any x."""
+    return _activate(x, ACTIVATIONS["sigmoid"], 0.0, out)
+
+
+def tanh(x, out=None):
+    r"""Hyperbolic tangent, elementwise."""
+    return _activate(x, ACTIVATIONS["tanh"], 0.0, out)
+
+
+def relu_backward(grad_y, y, out=None):
+    r"""Gradient through ReLU from its output: ``grad_y * (y > 0)``."""
+    return _activation_backward(grad_y, y, ACTIVATIONS["relu"], 0.0, out)
+
+
+def leaky_relu_backward(grad_y, y, alpha=0.01, out=None):
+    r"""Gradient through Leaky ReLU from its output: ``grad_y * (1 if y > 0 else alpha)``."""
+    return _activation_backward(grad_y, y, ACTIVATIONS["leaky_relu"], check_alpha(alpha), out)
+
+
+def sigmoid_backward(grad_y, y, out=None):
+    r"""Gradient through the sigmoid from its output: ``grad_y * (y * (1 - y))``."""
+    return _activation_backward(grad_y, y, ACTIVATIONS["sigmoid"], 0.0, out)
+
+
+def tanh_backward(grad_y, y, out=None):
+    r"""Gradient through tanh from its output: ``grad_y * (1 - y**2)``."""
+    return _activation_backward(grad_y, y, ACTIVATIONS["tanh"], 0.0, out)
+
+
+# ---------------------------------------------------------------------------
+# softmax and cross-entropy (row-wise over the last axis)
+# ---------------------------------------------------------------------------
+
+def _rows(name, a):
+    a = float_array(name, a)
+    if a.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension (softmax runs over the last axis)")
+    return a
+
+
+def softmax(x, out=None):
+    r"""Softmax over the last axis, with the row maximum subtracted first:
+
+    .. math:: \mathrm{softmax}(x)_j = \frac{e^{x_j - m}}{\sum_k e^{x_k - m}},\quad m = \max_k x_k
+    """
+    x = _rows("x", x)
+    y = out_array("out", out, x.shape, x.dtype)
+    x = unaliased(x, y)
+    if x.size:
+        m = x.shape[-1]
+        _losses.softmax_rows(x.reshape(-1, m), y.reshape(-1, m), plan_threads(x.size, GRAIN_COMPUTE))
+    return y
+
+
+def softmax_backward(grad_y, y, out=None):
+    r"""Vector-Jacobian product of softmax from its output ``y``:
+    :math:`dz = y \odot (g - \langle g, y\rangle)` row by row."""
+    grad_y = _rows("grad_y", grad_y)
+    y = _rows("y", y)
+    same_dtype(grad_y=grad_y, y=y)
+    same_shape("grad_y", grad_y, "y", y)
+    dz = out_array("out", out, y.shape, y.dtype)
+    grad_y = unaliased(grad_y, dz)
+    y = unaliased(y, dz)
+    if y.size:
+        m = y.shape[-1]
+        _losses.softmax_grad_rows(grad_y.reshape(-1, m), y.reshape(-1, m), dz.reshape(-1, m),
+                                  plan_threads(y.size))
+    return dz
+
+
+def _labels(labels, n, n_classes):
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels has shape {labels.shape}, expected ({n},): one class index per row of logits")
+    labels = np.ascontiguousarray(labels, dtype=np.intp)
+    bad = _losses.first_bad_label(labels, n_classes)
+    if bad >= 0:
+        raise ValueError(
+            f"labels[{bad}] = {labels[bad]} is not a class index in [0, {n_classes}) "
+            f"for logits with {n_classes} columns"
+        )
+    return labels
+
+
+def softmax_cross_entropy(logits, labels, out=None):
+    r"""Mean softmax cross-entropy and its gradient with respect to the logits.
+
+    For logits :math:`z` of shape (n, C) and class indices :math:`y_i`:
+
+    .. math:: L = \frac1n \sum_i \Big(\log\sum_j e^{z_{ij} - m_i} - (z_{i y_i} - m_i)\Big),
+              \qquad \frac{\partial L}{\partial z_{ij}} = \frac{\mathrm{softmax}(z_i)_j - [j = y_i]}{n}
+
+    computed in one pass per row (log-sum-exp with the row maximum
+    :math:`m_i` subtracted).  Per-row losses are accumulated in double in row
+    order, so the loss does not depend on the thread count.  Returns
+    ``(mean_loss, grad_logits)``; ``mean_loss`` is a Python float (NaN for
+    an empty batch).  ``out`` may be ``logits`` itself.
+    """
+    z = float_array("logits", logits, ndim=2)
+    n, c = z.shape
+    labels = _labels(labels, n, c)
+    grad = out_array("out", out, z.shape, z.dtype)
+    z = unaliased(z, grad)
+    if n == 0:
+        return float("nan"), grad
+    row_loss = np.empty(n, dtype=np.float64)
+    loss = _losses.softmax_xent(z, labels, grad, row_loss, plan_threads(z.size, GRAIN_COMPUTE))
+    return loss, grad
