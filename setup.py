@@ -6,7 +6,9 @@ Everything about *how* the extensions are compiled lives here, once:
 * the OpenMP probe: a tiny C program is compiled and linked with the OpenMP
   flag; when that fails the package is built serial and says so loudly, unless
   ``FASTWB_FAIL_NO_OPENMP=1`` makes it fatal (CI sets it);
-* compiler flags: ``-O3 -fno-math-errno -ffp-contract=off``, never
+* compiler flags: ``-O3 -fno-math-errno -fno-trapping-math -ffp-contract=off``
+  (exactly rounded IEEE results, no fused multiply-add, branch-free clamps
+  that vectorise; FP exception flags are not observed), never
   ``-ffast-math`` (NaN and Inf must behave as in NumPy), ``-march=native`` only
   when ``FASTWB_NATIVE=1`` asks for it;
 * the Cython directives; ``FASTWB_DEBUG=1`` turns bounds checking back on.
@@ -91,7 +93,7 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         unix = self.compiler.compiler_type == "unix"
-        cflags = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fno-strict-aliasing"] if unix else ["/O2"]
+        cflags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"] if unix else ["/O2"]
         if _env_flag("FASTWB_DEBUG") and unix:
             cflags += ["-g", "-O1"]
         if _env_flag("FASTWB_NATIVE") and unix:

@@ -8,16 +8,19 @@
  * its vector body give bitwise identical results (build with
  * -ffp-contract=off so no multiply-add is fused).
  *
- * exp(x):  x = n*ln2 + r,  n = round(x*log2(e)),  |r| <= ln2/2
- *          exp(r) by its Taylor polynomial (degree 7 for float: truncation
- *          error r^8/8! < 5.3e-9; degree 13 for double: < 4.1e-18);
- *          r is computed in two steps (Cody and Waite): ln2 = LN2_HI + LN2_LO
- *          where n*LN2_HI is exact for every n that can occur.
- *          2^n is applied as two factors 2^n1 * 2^n2 (n1 = round(n/2)), each a
- *          normal number, so results that underflow to subnormals are rounded
- *          once.  Measured accuracy: within 2 ulp of the correctly rounded
- *          result over the whole range (tests/test_math.py).
- *          NaN propagates; exp(+inf) = +inf; exp(-inf) = 0.
+ * exp(x):  x = n*ln2 + r,  n = round(x*log2(e)),  |r| <= ln2/2, and
+ *          exp(x) = 2^n exp(r).  r is computed in two steps (Cody and Waite):
+ *          ln2 = LN2_HI + LN2_LO, where n*LN2_HI is exact for every n that
+ *          can occur.  exp(r): for float, a degree-6 polynomial fitted here
+ *          (see fwb_exp_f32); for double, the degree-13 Taylor polynomial
+ *          (truncation error below 4.1e-18).  2^n is applied as two factors
+ *          2^n1 * 2^n2, each a normal number, so results that underflow to
+ *          subnormals are rounded once.  tests/test_functional.py checks
+ *          sigmoid, tanh and softmax against NumPy over the whole range.
+ *          Arguments are clamped to [-104, 88.75] (float) or [-746, 709.8]
+ *          (double): below, the result rounds to 0; above, the final product
+ *          overflows to +inf as it should.  NaN passes the clamps and
+ *          propagates.  No branch remains, so loops vectorise.
  */
 #ifndef FWB_MATH_H
 #define FWB_MATH_H
@@ -36,12 +39,7 @@ static inline uint32_t fwb_f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4);
 static inline double fwb_bits_to_f64(uint64_t u) { double f; memcpy(&f, &u, 8); return f; }
 static inline uint64_t fwb_f64_to_bits(double f) { uint64_t u; memcpy(&u, &f, 8); return u; }
 
-/* 2^k for an integral-valued float k in [-126, 127]. */
-static inline float fwb_pow2_f32(float k) {
-    uint32_t ki = fwb_f32_to_bits(k + FWB_ROUND_F32) - fwb_f32_to_bits(FWB_ROUND_F32);
-    return fwb_bits_to_f32((ki + 127u) << 23);
-}
-
+/* 2^k for an integral-valued double k in [-1022, 1023]. */
 static inline double fwb_pow2_f64(double k) {
     uint64_t ki = fwb_f64_to_bits(k + FWB_ROUND_F64) - fwb_f64_to_bits(FWB_ROUND_F64);
     return fwb_bits_to_f64((ki + 1023u) << 52);
@@ -51,19 +49,24 @@ static inline float fwb_exp_f32(float x) {
     const float log2e = 1.44269502f, ln2_hi = 0x1.62e4p-1f, ln2_lo = 0x1.7f7d1cp-20f;
     float xc = x < -104.0f ? -104.0f : x;      /* exp(-104) rounds to 0 */
     xc = xc > 88.75f ? 88.75f : xc;            /* NaN passes both tests */
-    float n = (xc * log2e + FWB_ROUND_F32) - FWB_ROUND_F32;
+    float t = xc * log2e + FWB_ROUND_F32;      /* n = round(x log2 e) sits in t's low bits */
+    float n = t - FWB_ROUND_F32;
     float r = (xc - n * ln2_hi) - n * ln2_lo;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    float n1 = (n * 0.5f + FWB_ROUND_F32) - FWB_ROUND_F32;
-    float y = p * fwb_pow2_f32(n1) * fwb_pow2_f32(n - n1);
-    return x > 88.7228394f ? INFINITY : y;
+    /* exp(r) = 1 + r + r^2 q(r), q fitted to (exp(r) - 1 - r) / r^2 on
+     * |r| <= ln2/2 (least squares on Chebyshev nodes, weighted for relative
+     * error); error of the float evaluation below 0.65 eps. */
+    float q = 0x1.687c22p-10f;
+    q = q * r + 0x1.123b8ep-7f;
+    q = q * r + 0x1.555b58p-5f;
+    q = q * r + 0x1.55548ep-3f;
+    q = q * r + 0x1.fffff8p-2f;
+    float p = (q * r + 1.0f) * r + 1.0f;
+    /* 2^n as 2^k1 * 2^k2 with k1 = n >> 1: both factors are normal numbers */
+    int32_t k = (int32_t)(fwb_f32_to_bits(t) - fwb_f32_to_bits(FWB_ROUND_F32));
+    int32_t k1 = k >> 1;
+    float s1 = fwb_bits_to_f32((uint32_t)(k1 + 127) << 23);
+    float s2 = fwb_bits_to_f32((uint32_t)(k - k1 + 127) << 23);
+    return p * s1 * s2;
 }
 
 static inline double fwb_exp_f64(double x) {
@@ -87,8 +90,7 @@ static inline double fwb_exp_f64(double x) {
     p = p * r + 1.0;
     p = p * r + 1.0;
     double n1 = (n * 0.5 + FWB_ROUND_F64) - FWB_ROUND_F64;
-    double y = p * fwb_pow2_f64(n1) * fwb_pow2_f64(n - n1);
-    return x > 709.782712893384 ? INFINITY : y;
+    return p * fwb_pow2_f64(n1) * fwb_pow2_f64(n - n1);
 }
 
 /* sigmoid(x) = 1 / (1 + exp(-x)), evaluated as e / (1 + e) or 1 / (1 + e)
@@ -103,16 +105,25 @@ static inline double fwb_sigmoid_f64(double x) {
     return (x >= 0.0 ? 1.0 : e) / (1.0 + e);
 }
 
-/* tanh for float, computed in double: tanh|x| = (1 - t) / (1 + t), t = exp(-2|x|).
- * The absolute error of 1 - t is about 1e-16, far below float's resolution
- * for |x| >= 2^-12; below that, tanh(x) rounds to x in float (|x|^3/3 is
- * under half an ulp). */
+/* tanh for float.
+ *   |x| <  0.625:  x + x^3 q(x^2), q fitted to (tanh x - x) / x^3 (least
+ *                  squares on Chebyshev nodes): within 0.8 ulp;
+ *   |x| >= 0.625:  (1 - e) / (1 + e) with e = exp(-2|x|) <= 0.29, so 1 - e
+ *                  loses nothing to cancellation: within 1.5 ulp.
+ * Both branches are computed and one is selected, so loops vectorise.
+ * Large |x| gives e = 0 and exactly +-1; NaN propagates. */
 static inline float fwb_tanh_f32(float x) {
-    double a = fabs((double)x);
-    double t = fwb_exp_f64(-2.0 * a);
-    double y = (1.0 - t) / (1.0 + t);
-    float r = (float)copysign(y, (double)x);
-    return fabsf(x) < 0x1p-12f ? x : r;
+    float a = fabsf(x);
+    float s = x * x;
+    float q = -0x1.76cc8cp-8f;
+    q = q * s + 0x1.52618ep-6f;
+    q = q * s - 0x1.b846bap-5f;
+    q = q * s + 0x1.110786p-3f;
+    q = q * s - 0x1.555536p-2f;
+    float small = x + x * (s * q);
+    float e = fwb_exp_f32(-2.0f * a);
+    float large = copysignf((1.0f - e) / (1.0f + e), x);
+    return a < 0.625f ? small : large;
 }
 
 /* tanh for double: glibc's correctly rounded-to-1ulp tanh (scalar). */
