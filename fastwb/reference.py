@@ -66,7 +66,7 @@ def tanh_backward(grad_y, y, out=None):
 
 
 def softmax(x, out=None):
-    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True, initial=-np.inf))
     return np.divide(e, np.sum(e, axis=-1, keepdims=True), out=out)
 
 
