@@ -119,46 +119,73 @@ static inline FWB_T FWB_FN(fwb_row_max)(const FWB_T *v, ptrdiff_t n) {
     return m[0];
 }
 
-/* e[j] = exp(z[j] - m); e may equal z. */
-static inline void FWB_FN(fwb_row_exp_shifted)(const FWB_T *z, FWB_T *e, ptrdiff_t n, FWB_T m) {
-    for (ptrdiff_t j = 0; j < n; j++) e[j] = FWB_FN(fwb_exp)(z[j] - m);
-}
-
 /* ------------------------------------------------------------------ */
-/* softmax and cross-entropy, one row at a time (n >= 1)               */
+/* softmax and cross-entropy over a block of rows (rows, n >= 1)       */
+/*                                                                    */
+/* Short rows (10 classes, say) would leave exp to the scalar tail of  */
+/* its loop, so each block first writes z - max(z) row by row, then    */
+/* takes exp in one flat vectorised pass over the whole block, then    */
+/* normalises row by row.  A block is a few KiB, so it stays in L1/L2. */
 /* ------------------------------------------------------------------ */
 
-/* p = softmax(z) = exp(z - max z) / sum exp(z - max z); p may equal z. */
-FWB_CLONES static void FWB_FN(fwb_softmax_row)(const FWB_T *z, FWB_T *p, ptrdiff_t n) {
-    FWB_T m = FWB_FN(fwb_row_max)(z, n);
-    FWB_FN(fwb_row_exp_shifted)(z, p, n, m);
-    FWB_T inv = (FWB_T)(1.0 / FWB_FN(fwb_row_sum)(p, n));
-    for (ptrdiff_t j = 0; j < n; j++) p[j] *= inv;
+/* out[i, :] = z[i, :] - max(z[i, :]) for a block of rows; returns nothing.
+ * shift[i] receives z[i, col[i]] - max (when col is not NULL). */
+static inline void FWB_FN(fwb_block_shift)(const FWB_T *z, FWB_T *out, ptrdiff_t rows, ptrdiff_t n,
+                                           const ptrdiff_t *col, double *shift) {
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        const FWB_T *zi = z + i * n;
+        FWB_T *oi = out + i * n;
+        FWB_T m = FWB_FN(fwb_row_max)(zi, n);
+        if (col) shift[i] = (double)(zi[col[i]] - m);
+        for (ptrdiff_t j = 0; j < n; j++) oi[j] = zi[j] - m;
+    }
 }
 
-/* dz = y * (g - <g, y>): the vector-Jacobian product of softmax. dz may
- * equal g or y. */
-FWB_CLONES static void FWB_FN(fwb_softmax_grad_row)(const FWB_T *g, const FWB_T *y, FWB_T *dz,
-                                                     ptrdiff_t n) {
-    FWB_T s = (FWB_T)FWB_FN(fwb_row_dot)(g, y, n);
-    for (ptrdiff_t j = 0; j < n; j++) dz[j] = y[j] * (g[j] - s);
+/* v[j] = exp(v[j]) over a flat stretch. */
+static inline void FWB_FN(fwb_exp_inplace)(FWB_T *v, ptrdiff_t len) {
+    for (ptrdiff_t j = 0; j < len; j++) v[j] = FWB_FN(fwb_exp)(v[j]);
 }
 
-/* Cross-entropy of one row of logits z against class `label`:
- *   loss = log(sum_j exp(z_j - m)) - (z_label - m),   m = max_j z_j
- * and its gradient scaled by `scale` (1/batch):
- *   grad_j = scale * (softmax(z)_j - [j == label]).
- * Returns the loss in double.  grad may equal z. */
-FWB_CLONES static double FWB_FN(fwb_xent_row)(const FWB_T *z, FWB_T *grad, ptrdiff_t n,
-                                               ptrdiff_t label, FWB_T scale) {
-    FWB_T m = FWB_FN(fwb_row_max)(z, n);
-    FWB_T zl = z[label] - m;
-    FWB_FN(fwb_row_exp_shifted)(z, grad, n, m);
-    double s = FWB_FN(fwb_row_sum)(grad, n);
-    FWB_T f = (FWB_T)(1.0 / s) * scale;
-    for (ptrdiff_t j = 0; j < n; j++) grad[j] *= f;
-    grad[label] -= scale;
-    return log(s) - (double)zl;
+/* p = softmax(z) row-wise: exp(z - max z) / sum exp(z - max z).  p may equal z. */
+FWB_CLONES static void FWB_FN(fwb_softmax_block)(const FWB_T *z, FWB_T *p, ptrdiff_t rows, ptrdiff_t n) {
+    FWB_FN(fwb_block_shift)(z, p, rows, n, NULL, NULL);
+    FWB_FN(fwb_exp_inplace)(p, rows * n);
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        FWB_T *pi = p + i * n;
+        FWB_T inv = (FWB_T)(1.0 / FWB_FN(fwb_row_sum)(pi, n));
+        for (ptrdiff_t j = 0; j < n; j++) pi[j] *= inv;
+    }
+}
+
+/* dz = y * (g - <g, y>) row-wise: the vector-Jacobian product of softmax.
+ * dz may equal g or y. */
+FWB_CLONES static void FWB_FN(fwb_softmax_grad_block)(const FWB_T *g, const FWB_T *y, FWB_T *dz,
+                                                       ptrdiff_t rows, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        const FWB_T *gi = g + i * n, *yi = y + i * n;
+        FWB_T *di = dz + i * n;
+        FWB_T s = (FWB_T)FWB_FN(fwb_row_dot)(gi, yi, n);
+        for (ptrdiff_t j = 0; j < n; j++) di[j] = yi[j] * (gi[j] - s);
+    }
+}
+
+/* Cross-entropy of each row of logits z against its class label[i]:
+ *   loss[i] = log(sum_j exp(z_ij - m_i)) - (z_i,label - m_i),  m_i = max_j z_ij
+ * (in double), and the gradient of scale * sum_i loss[i]:
+ *   grad_ij = scale * (softmax(z_i)_j - [j == label[i]]).
+ * grad may equal z. */
+FWB_CLONES static void FWB_FN(fwb_xent_block)(const FWB_T *z, FWB_T *grad, ptrdiff_t rows, ptrdiff_t n,
+                                               const ptrdiff_t *label, FWB_T scale, double *loss) {
+    FWB_FN(fwb_block_shift)(z, grad, rows, n, label, loss);
+    FWB_FN(fwb_exp_inplace)(grad, rows * n);
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        FWB_T *gi = grad + i * n;
+        double s = FWB_FN(fwb_row_sum)(gi, n);
+        FWB_T f = (FWB_T)(1.0 / s) * scale;
+        for (ptrdiff_t j = 0; j < n; j++) gi[j] *= f;
+        gi[label[i]] -= scale;
+        loss[i] = log(s) - loss[i];
+    }
 }
 
 #undef FWB_FN

@@ -1,26 +1,39 @@
 # Kernels of the row-wise softmax and the softmax cross-entropy loss.
 # Kernel room: the caller (fastwb/functional.py) has validated everything,
-# including that every label lies in [0, n_classes).  Rows are independent
-# and spread over threads; the batch loss is the sum of per-row losses taken
-# serially in row order, so it does not depend on the thread count.
+# including that every label lies in [0, n_classes).
+#
+# Rows are processed in blocks of about BLOCK_ELEMENTS elements (at least one
+# row), which lets exp run as one vectorised pass over a block even when rows
+# are short; blocks are spread over threads.  The batch loss is the sum of
+# per-row losses taken serially in row order, so it does not depend on the
+# thread count.
 
 from cython cimport floating
 from cython.parallel cimport prange
 
 from fastwb._rows cimport *
 
+cdef enum:
+    BLOCK_ELEMENTS = 2048  # elements per block of rows (at least one row)
+
+
+cdef inline Py_ssize_t _rows_per_block(Py_ssize_t m) noexcept nogil:
+    return BLOCK_ELEMENTS // m if m < BLOCK_ELEMENTS else 1
+
 
 def softmax_rows(const floating[:, ::1] z,   # IN  (n, m), m >= 1
                  floating[:, ::1] p,         # OUT (n, m), may be z
                  int n_threads):
     """p[i] = softmax(z[i]) for every row i."""
-    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
+    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], rb = _rows_per_block(m), blk, r0, r1
     with nogil:
-        for i in prange(n, schedule="static", num_threads=n_threads):
+        for blk in prange((n + rb - 1) // rb, schedule="static", num_threads=n_threads):
+            r0 = blk * rb
+            r1 = min(r0 + rb, n)
             if floating is float:
-                fwb_softmax_row_f32(&z[i, 0], &p[i, 0], m)
+                fwb_softmax_block_f32(&z[r0, 0], &p[r0, 0], r1 - r0, m)
             else:
-                fwb_softmax_row_f64(&z[i, 0], &p[i, 0], m)
+                fwb_softmax_block_f64(&z[r0, 0], &p[r0, 0], r1 - r0, m)
 
 
 def softmax_grad_rows(const floating[:, ::1] g,   # IN  (n, m) upstream gradient
@@ -28,13 +41,15 @@ def softmax_grad_rows(const floating[:, ::1] g,   # IN  (n, m) upstream gradient
                       floating[:, ::1] dz,        # OUT (n, m), may be g or y
                       int n_threads):
     """dz[i] = y[i] * (g[i] - <g[i], y[i]>) for every row i."""
-    cdef Py_ssize_t n = g.shape[0], m = g.shape[1], i
+    cdef Py_ssize_t n = g.shape[0], m = g.shape[1], rb = _rows_per_block(m), blk, r0, r1
     with nogil:
-        for i in prange(n, schedule="static", num_threads=n_threads):
+        for blk in prange((n + rb - 1) // rb, schedule="static", num_threads=n_threads):
+            r0 = blk * rb
+            r1 = min(r0 + rb, n)
             if floating is float:
-                fwb_softmax_grad_row_f32(&g[i, 0], &y[i, 0], &dz[i, 0], m)
+                fwb_softmax_grad_block_f32(&g[r0, 0], &y[r0, 0], &dz[r0, 0], r1 - r0, m)
             else:
-                fwb_softmax_grad_row_f64(&g[i, 0], &y[i, 0], &dz[i, 0], m)
+                fwb_softmax_grad_block_f64(&g[r0, 0], &y[r0, 0], &dz[r0, 0], r1 - r0, m)
 
 
 def first_bad_label(const Py_ssize_t[::1] labels, Py_ssize_t n_classes):
@@ -52,15 +67,17 @@ def softmax_xent(const floating[:, ::1] z,        # IN  (n, m) logits, n, m >= 1
                  double[::1] row_loss,            # OUT (n,) per-row loss (workspace)
                  int n_threads):
     """Mean cross-entropy of softmax(z) against labels; grad = d(mean loss)/dz."""
-    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
+    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], rb = _rows_per_block(m), blk, r0, r1, i
     cdef double total = 0.0
     cdef floating scale = <floating>(1.0 / n)
     with nogil:
-        for i in prange(n, schedule="static", num_threads=n_threads):
+        for blk in prange((n + rb - 1) // rb, schedule="static", num_threads=n_threads):
+            r0 = blk * rb
+            r1 = min(r0 + rb, n)
             if floating is float:
-                row_loss[i] = fwb_xent_row_f32(&z[i, 0], &grad[i, 0], m, labels[i], scale)
+                fwb_xent_block_f32(&z[r0, 0], &grad[r0, 0], r1 - r0, m, &labels[r0], scale, &row_loss[r0])
             else:
-                row_loss[i] = fwb_xent_row_f64(&z[i, 0], &grad[i, 0], m, labels[i], scale)
+                fwb_xent_block_f64(&z[r0, 0], &grad[r0, 0], r1 - r0, m, &labels[r0], scale, &row_loss[r0])
         for i in range(n):
             total += row_loss[i]
     return total / n

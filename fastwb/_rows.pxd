@@ -15,9 +15,11 @@ cdef extern from "fwb_rows.h" nogil:
     void fwb_act_grad_f64(const double *g, const double *y, double *dz, Py_ssize_t n, int act, double alpha)
     void fwb_accumulate_f32(float *acc, const float *v, Py_ssize_t n)
     void fwb_accumulate_f64(double *acc, const double *v, Py_ssize_t n)
-    void fwb_softmax_row_f32(const float *z, float *p, Py_ssize_t n)
-    void fwb_softmax_row_f64(const double *z, double *p, Py_ssize_t n)
-    void fwb_softmax_grad_row_f32(const float *g, const float *y, float *dz, Py_ssize_t n)
-    void fwb_softmax_grad_row_f64(const double *g, const double *y, double *dz, Py_ssize_t n)
-    double fwb_xent_row_f32(const float *z, float *grad, Py_ssize_t n, Py_ssize_t label, float scale)
-    double fwb_xent_row_f64(const double *z, double *grad, Py_ssize_t n, Py_ssize_t label, double scale)
+    void fwb_softmax_block_f32(const float *z, float *p, Py_ssize_t rows, Py_ssize_t n)
+    void fwb_softmax_block_f64(const double *z, double *p, Py_ssize_t rows, Py_ssize_t n)
+    void fwb_softmax_grad_block_f32(const float *g, const float *y, float *dz, Py_ssize_t rows, Py_ssize_t n)
+    void fwb_softmax_grad_block_f64(const double *g, const double *y, double *dz, Py_ssize_t rows, Py_ssize_t n)
+    void fwb_xent_block_f32(const float *z, float *grad, Py_ssize_t rows, Py_ssize_t n,
+                            const Py_ssize_t *label, float scale, double *loss)
+    void fwb_xent_block_f64(const double *z, double *grad, Py_ssize_t rows, Py_ssize_t n,
+                            const Py_ssize_t *label, double scale, double *loss)
