@@ -5,7 +5,8 @@ Everything about *how* the extensions are compiled lives here, once:
 * the list of Cython extension modules (one per concern);
 * the OpenMP probe: a tiny C program is compiled and linked with the OpenMP
   flag; when that fails the package is built serial and says so loudly, unless
-  ``FASTWB_FAIL_NO_OPENMP=1`` makes it fatal (CI sets it);
+  ``FASTWB_FAIL_NO_OPENMP=1`` makes it fatal (CI sets it), and
+  ``FASTWB_NO_OPENMP=1`` skips the probe to build serial kernels on purpose;
 * compiler flags: ``-O3 -fno-math-errno -fno-trapping-math -ffp-contract=off``
   (exactly rounded IEEE results, no fused multiply-add, branch-free clamps
   that vectorise; FP exception flags are not observed), never
@@ -98,7 +99,7 @@ class BuildExt(build_ext):
             cflags += ["-g", "-O1"]
         if _env_flag("FASTWB_NATIVE") and unix:
             cflags += ["-march=native", "-DFWB_NO_CLONES"]
-        omp = _openmp_flags(self.compiler)
+        omp = None if _env_flag("FASTWB_NO_OPENMP") else _openmp_flags(self.compiler)
         if omp is None:
             if _env_flag("FASTWB_FAIL_NO_OPENMP"):
                 raise RuntimeError(

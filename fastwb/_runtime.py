@@ -20,6 +20,7 @@ import contextlib
 import operator
 import os
 import sys
+import warnings
 
 _WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
@@ -58,6 +59,14 @@ def _load_runtime():
 
 
 _threads, WAIT_POLICY = _load_runtime()
+
+if not _threads.openmp_enabled() and os.environ.get("FASTWB_EXPECT_NO_OPENMP") != "1":
+    warnings.warn(
+        "fastwb was built without OpenMP: every kernel runs on one thread. Reinstall with a "
+        "compiler that supports OpenMP, or set FASTWB_EXPECT_NO_OPENMP=1 to silence this.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def get_num_threads():

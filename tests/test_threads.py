@@ -82,6 +82,10 @@ def test_public_api_thread_independent(dtype, rng):
     _same_for_all_thread_counts(run)
 
 
+needs_openmp = pytest.mark.skipif(not fastwb._runtime.config()["openmp"], reason="serial build: always one thread")
+
+
+@needs_openmp
 def test_set_get_and_context_manager():
     before = fastwb.get_num_threads()
     with fastwb.threads(1):
@@ -109,6 +113,7 @@ def test_set_num_threads_rejects(bad, exc):
         fastwb.set_num_threads(bad)
 
 
+@needs_openmp
 def test_plan_threads_serial_below_grain():
     with fastwb.threads(4):
         assert fastwb.plan_threads(10) == 1
