@@ -18,21 +18,8 @@ The compiled kernels live in the private ``fastwb._dense`` and
 # user chose a policy) before any other compiled module of fastwb.
 from fastwb._runtime import get_num_threads, plan_threads, set_num_threads, show_config, threads
 from fastwb._version import __version__
-from fastwb.functional import (
-    leaky_relu,
-    leaky_relu_backward,
-    linear,
-    linear_backward,
-    relu,
-    relu_backward,
-    sigmoid,
-    sigmoid_backward,
-    softmax,
-    softmax_backward,
-    softmax_cross_entropy,
-    tanh,
-    tanh_backward,
-)
+from fastwb import functional
+from fastwb.functional import *  # noqa: F401,F403  (the names listed in functional.__all__)
 
 __all__ = [
     "__version__",
@@ -41,17 +28,4 @@ __all__ = [
     "threads",
     "show_config",
     "plan_threads",
-    "linear",
-    "linear_backward",
-    "relu",
-    "leaky_relu",
-    "sigmoid",
-    "tanh",
-    "softmax",
-    "relu_backward",
-    "leaky_relu_backward",
-    "sigmoid_backward",
-    "tanh_backward",
-    "softmax_backward",
-    "softmax_cross_entropy",
-]
+] + functional.__all__

@@ -172,14 +172,18 @@ def _activate(x, code, alpha, out):
     return y
 
 
-def _activation_backward(grad_y, y, code, alpha, out):
-    grad_y = float_array("grad_y", grad_y)
-    y = float_array("y", y)
+def _backward_arrays(grad_y, y, out, check=float_array):
+    """Checked (grad_y, y, dz) for a backward pass; inputs unaliased from dz."""
+    grad_y = check("grad_y", grad_y)
+    y = check("y", y)
     same_dtype(grad_y=grad_y, y=y)
     same_shape("grad_y", grad_y, "y", y)
     dz = out_array("out", out, y.shape, y.dtype)
-    grad_y = unaliased(grad_y, dz)
-    y = unaliased(y, dz)
+    return unaliased(grad_y, dz), unaliased(y, dz), dz
+
+
+def _activation_backward(grad_y, y, code, alpha, out):
+    grad_y, y, dz = _backward_arrays(grad_y, y, out)
     if y.size:
         _dense.act_grad_flat(grad_y.reshape(-1), y.reshape(-1), dz.reshape(-1), code, alpha,
                              plan_threads(y.size))
@@ -254,13 +258,7 @@ def softmax(x, out=None):
 def softmax_backward(grad_y, y, out=None):
     r"""Vector-Jacobian product of softmax from its output ``y``:
     :math:`dz = y \odot (g - \langle g, y\rangle)` row by row."""
-    grad_y = _rows("grad_y", grad_y)
-    y = _rows("y", y)
-    same_dtype(grad_y=grad_y, y=y)
-    same_shape("grad_y", grad_y, "y", y)
-    dz = out_array("out", out, y.shape, y.dtype)
-    grad_y = unaliased(grad_y, dz)
-    y = unaliased(y, dz)
+    grad_y, y, dz = _backward_arrays(grad_y, y, out, check=_rows)
     if y.size:
         m = y.shape[-1]
         _losses.softmax_grad_rows(grad_y.reshape(-1, m), y.reshape(-1, m), dz.reshape(-1, m),
