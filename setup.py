@@ -29,7 +29,7 @@ import textwrap
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-EXTENSIONS = ["_threads", "_dense", "_losses"]
+EXTENSIONS = ["_threads", "_dense", "_losses", "_optim", "_prune"]
 
 _OMP_PROBE = textwrap.dedent(
     """

@@ -7,19 +7,25 @@ Public layer (start reading here):
   ``softmax_cross_entropy``; all re-exported here.
 * :mod:`fastwb.reference`: the pure-NumPy twin of every public function, the
   correctness reference and the benchmark baseline.
+* the slide API (:mod:`fastwb.slides`, re-exported here): the course
+  slides' functions and classes under their own names and signatures;
+* :mod:`fastwb.optim` (fused in-place SGD, Momentum, Adam, AdamW, RMSprop),
+  :mod:`fastwb.prune` (magnitude pruning by O(n) selection, schedules),
+  :mod:`fastwb.init` (initialisers), :mod:`fastwb.regularization`;
 * threads: :func:`set_num_threads`, :func:`get_num_threads`, :func:`threads`;
   :func:`show_config` reports the build, OpenMP runtime and BLAS.
 
-The compiled kernels live in the private ``fastwb._dense`` and
-``fastwb._losses`` (Cython + OpenMP) over C helpers in ``csrc/``.
+The compiled kernels live in the private ``fastwb._dense``, ``_losses``,
+``_optim`` and ``_prune`` (Cython + OpenMP) over C helpers in ``csrc/``.
 """
 
 # Importing _runtime loads the OpenMP runtime (with passive waiting unless the
 # user chose a policy) before any other compiled module of fastwb.
 from fastwb._runtime import get_num_threads, plan_threads, set_num_threads, show_config, threads
 from fastwb._version import __version__
-from fastwb import functional
+from fastwb import functional, init, optim, prune, regularization, slides  # noqa: F401
 from fastwb.functional import *  # noqa: F401,F403  (the names listed in functional.__all__)
+from fastwb.slides import *  # noqa: F401,F403  (the names listed in slides.__all__)
 
 __all__ = [
     "__version__",
@@ -28,4 +34,4 @@ __all__ = [
     "threads",
     "show_config",
     "plan_threads",
-] + functional.__all__
+] + functional.__all__ + [n for n in slides.__all__ if n not in functional.__all__]

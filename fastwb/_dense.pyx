@@ -13,15 +13,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memset
 
+from fastwb._parallel cimport part_start as _part
 from fastwb._rows cimport *
-
-
-cdef inline Py_ssize_t _part(Py_ssize_t n, Py_ssize_t t, Py_ssize_t parts) noexcept nogil:
-    """Start of part t when n items are split into `parts` parts (t == parts gives n).
-    Inner boundaries are multiples of 16 items, so threads never share a cache line."""
-    if t >= parts:
-        return n
-    return ((n * t) // parts) & ~(<Py_ssize_t>15)
 
 
 cdef inline void _bias_act(const floating *z, const floating *b, floating *y, Py_ssize_t n,

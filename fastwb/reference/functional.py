@@ -1,12 +1,4 @@
-"""Pure-NumPy twins of fastwb's public functions.
-
-Each function here has the name, signature and results of its fastwb
-counterpart and is written the way a competent NumPy user would write it:
-vectorised, in place where that is natural, dtype-preserving (NumPy 2 scalar
-promotion keeps float32 as float32).  It is the correctness reference of the
-tests and the baseline of the benchmarks, so it is neither slowed down nor
-made clever.  Argument checking is left to NumPy.
-"""
+"""Pure-NumPy twins of fastwb.functional (see fastwb.reference)."""
 
 import numpy as np
 

@@ -1,0 +1,173 @@
+/* Optimizer updates and regularisation, written once for a scalar type.
+ *
+ * Included twice by fwb_optim.h with FWB_T (float or double) and FWB_S (f32
+ * or f64).  Each function updates one contiguous stretch of parameters in
+ * place, in one pass over memory; Cython splits arrays into stretches and
+ * spreads them over threads.  The operation order follows PyTorch 2.x's
+ * single-tensor CPU implementations (documented at each function) so that
+ * the numbers match torch.optim's to rounding.
+ *
+ * Common arguments:
+ *   p     parameters (updated in place)          g     gradients
+ *   mask  NULL, or 1 byte per parameter: where it is 0 the parameter is set
+ *         to exactly 0 and its optimizer state is left untouched (no drift)
+ *   wd    L2 weight decay added to the gradient: d = g + wd * p
+ *   l1    L1 coefficient added to the gradient:  d += l1 * sign(p)
+ * Flags that are constant over a call (wd != 0, nesterov, ...) select
+ * between values rather than branch, so every loop vectorises.
+ */
+
+#define FWB_CAT_(a, b) a##_##b
+#define FWB_CAT(a, b) FWB_CAT_(a, b)
+#define FWB_FN(name) FWB_CAT(name, FWB_S)
+
+static inline FWB_T FWB_FN(fwb_sign)(FWB_T x) {
+    return (FWB_T)(x > 0) - (FWB_T)(x < 0);
+}
+
+/* the gradient seen by the update: g + wd * p + l1 * sign(p) (terms with a
+ * zero coefficient are skipped, so Inf/NaN in p do not leak into them) */
+static inline FWB_T FWB_FN(fwb_decayed)(FWB_T g, FWB_T p, FWB_T wd, FWB_T l1) {
+    FWB_T d = wd != 0 ? g + wd * p : g;
+    return l1 != 0 ? d + l1 * FWB_FN(fwb_sign)(p) : d;
+}
+
+/* PyTorch's lerp: a + w (b - a) for |w| < 0.5, else b - (b - a)(1 - w). */
+static inline FWB_T FWB_FN(fwb_lerp)(FWB_T a, FWB_T b, FWB_T w) {
+    return fabs((double)w) < 0.5 ? a + w * (b - a) : b - (b - a) * ((FWB_T)1 - w);
+}
+
+/* SGD as torch.optim.SGD:
+ *   d = g + wd p
+ *   momentum != 0:  buf = d on the first step, else buf = mu buf + (1 - dampening) d
+ *                   d = d + mu buf (nesterov) or d = buf
+ *   p = p - lr d
+ * buf is NULL when momentum is 0. */
+FWB_CLONES static void FWB_FN(fwb_sgd)(FWB_T *p, const FWB_T *g, FWB_T *buf, const unsigned char *mask,
+                                        ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T damp, FWB_T wd, FWB_T l1,
+                                        int nesterov, int first) {
+    FWB_T keep_g = (FWB_T)1 - damp;
+    for (ptrdiff_t j = 0; j < n; j++) {
+        FWB_T pj = p[j];
+        FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
+        if (buf) {
+            FWB_T b = first ? d : buf[j] * mu + keep_g * d;
+            d = nesterov ? d + mu * b : b;
+            buf[j] = (mask && !mask[j]) ? buf[j] : b;
+        }
+        FWB_T pn = pj + (-lr) * d;
+        p[j] = (mask && !mask[j]) ? (FWB_T)0 : pn;
+    }
+}
+
+/* Momentum in the slides' form: v = mu v - lr d;  p = p + v. */
+FWB_CLONES static void FWB_FN(fwb_momentum)(FWB_T *p, const FWB_T *g, FWB_T *v, const unsigned char *mask,
+                                             ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T wd, FWB_T l1) {
+    for (ptrdiff_t j = 0; j < n; j++) {
+        FWB_T pj = p[j];
+        FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
+        FWB_T vn = mu * v[j] - lr * d;
+        int off = mask && !mask[j];
+        v[j] = off ? v[j] : vn;
+        p[j] = off ? (FWB_T)0 : pj + vn;
+    }
+}
+
+/* Adam / AdamW as torch.optim.Adam and AdamW (single-tensor path):
+ *   AdamW: p = p (1 - lr wd)          Adam: d = g + wd p
+ *   m = lerp(m, d, 1 - beta1)
+ *   v = v beta2 + ((1 - beta2) d) d
+ *   amsgrad: vmax = max(vmax, v), used below in place of v
+ *   denom = sqrt(v) / sqrt(1 - beta2^t) + eps
+ *   p = p - (step_size m) / denom,    step_size = lr / (1 - beta1^t)
+ * decay_factor = 1 - lr wd for AdamW (1 for Adam); bc2_sqrt and step_size
+ * are computed by the caller in double, as PyTorch does. vmax is NULL
+ * without amsgrad. */
+FWB_CLONES static void FWB_FN(fwb_adam)(FWB_T *p, const FWB_T *g, FWB_T *m, FWB_T *v, FWB_T *vmax,
+                                         const unsigned char *mask, ptrdiff_t n, FWB_T beta1, FWB_T beta2,
+                                         FWB_T eps, FWB_T wd, FWB_T l1, FWB_T decay_factor,
+                                         FWB_T step_size, FWB_T bc2_sqrt) {
+    FWB_T w1 = (FWB_T)1 - beta1, w2 = (FWB_T)1 - beta2;
+    for (ptrdiff_t j = 0; j < n; j++) {
+        FWB_T pj = p[j];
+        FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
+        pj = decay_factor != 1 ? pj * decay_factor : pj;
+        FWB_T mj = FWB_FN(fwb_lerp)(m[j], d, w1);
+        FWB_T vj = v[j] * beta2 + (w2 * d) * d;
+        FWB_T vd = vj;
+        if (vmax) {
+            FWB_T vm = vmax[j] > vj || vmax[j] != vmax[j] ? vmax[j] : vj;
+            vmax[j] = (mask && !mask[j]) ? vmax[j] : vm;
+            vd = vm;
+        }
+        FWB_T denom = FWB_SQRT(vd) / bc2_sqrt + eps;
+        FWB_T pn = pj + ((-step_size) * mj) / denom;
+        int off = mask && !mask[j];
+        m[j] = off ? m[j] : mj;
+        v[j] = off ? v[j] : vj;
+        p[j] = off ? (FWB_T)0 : pn;
+    }
+}
+
+/* RMSprop as torch.optim.RMSprop:
+ *   d = g + wd p
+ *   v = v alpha + ((1 - alpha) d) d
+ *   centered: ga = lerp(ga, d, 1 - alpha);  avg = sqrt(v + (-ga) ga) + eps
+ *   else:     avg = sqrt(v) + eps
+ *   momentum > 0: buf = buf momentum + d / avg;  p = p - lr buf
+ *   else:         p = p - (lr d) / avg
+ * ga is NULL unless centered, buf NULL unless momentum > 0. */
+FWB_CLONES static void FWB_FN(fwb_rmsprop)(FWB_T *p, const FWB_T *g, FWB_T *v, FWB_T *ga, FWB_T *buf,
+                                            const unsigned char *mask, ptrdiff_t n, FWB_T lr, FWB_T alpha,
+                                            FWB_T eps, FWB_T wd, FWB_T l1, FWB_T momentum) {
+    FWB_T w = (FWB_T)1 - alpha;
+    for (ptrdiff_t j = 0; j < n; j++) {
+        int off = mask && !mask[j];
+        FWB_T pj = p[j];
+        FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
+        FWB_T vj = v[j] * alpha + (w * d) * d;
+        FWB_T avg;
+        if (ga) {
+            FWB_T gj = FWB_FN(fwb_lerp)(ga[j], d, w);
+            avg = FWB_SQRT(vj + (-gj) * gj) + eps;
+            ga[j] = off ? ga[j] : gj;
+        } else {
+            avg = FWB_SQRT(vj) + eps;
+        }
+        FWB_T pn;
+        if (buf) {
+            FWB_T bj = buf[j] * momentum + d / avg;
+            buf[j] = off ? buf[j] : bj;
+            pn = pj + (-lr) * bj;
+        } else {
+            pn = pj + ((-lr) * d) / avg;
+        }
+        v[j] = off ? v[j] : vj;
+        p[j] = off ? (FWB_T)0 : pn;
+    }
+}
+
+/* Regularisation of one stretch: grad = lam * w (l2) or lam * sign(w) (l1);
+ * returns sum(w^2) (l2) or sum(|w|) (l1) in double, over 8 interleaved
+ * partial sums combined in a fixed order.  grad may be NULL. */
+FWB_CLONES static double FWB_FN(fwb_regularize)(const FWB_T *w, FWB_T *grad, ptrdiff_t n, FWB_T lam, int l1) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    ptrdiff_t j = 0;
+    if (grad) {
+        for (ptrdiff_t i = 0; i < n; i++) grad[i] = l1 ? lam * FWB_FN(fwb_sign)(w[i]) : lam * w[i];
+    }
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++) {
+            double x = (double)w[j + k];
+            acc[k] += l1 ? fabs(x) : x * x;
+        }
+    for (int k = 0; j < n; j++, k++) {
+        double x = (double)w[j];
+        acc[k] += l1 ? fabs(x) : x * x;
+    }
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+#undef FWB_FN
+#undef FWB_CAT
+#undef FWB_CAT_
