@@ -149,13 +149,11 @@ FWB_CLONES static void FWB_FN(fwb_rmsprop)(FWB_T *p, const FWB_T *g, FWB_T *v, F
 
 /* Regularisation of one stretch: grad = lam * w (l2) or lam * sign(w) (l1);
  * returns sum(w^2) (l2) or sum(|w|) (l1) in double, over 8 interleaved
- * partial sums combined in a fixed order.  grad may be NULL. */
+ * partial sums combined in a fixed order.  The sum is taken before grad is
+ * written, so grad may be w itself.  grad may be NULL. */
 FWB_CLONES static double FWB_FN(fwb_regularize)(const FWB_T *w, FWB_T *grad, ptrdiff_t n, FWB_T lam, int l1) {
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     ptrdiff_t j = 0;
-    if (grad) {
-        for (ptrdiff_t i = 0; i < n; i++) grad[i] = l1 ? lam * FWB_FN(fwb_sign)(w[i]) : lam * w[i];
-    }
     for (; j + 8 <= n; j += 8)
         for (int k = 0; k < 8; k++) {
             double x = (double)w[j + k];
@@ -164,6 +162,9 @@ FWB_CLONES static double FWB_FN(fwb_regularize)(const FWB_T *w, FWB_T *grad, ptr
     for (int k = 0; j < n; j++, k++) {
         double x = (double)w[j];
         acc[k] += l1 ? fabs(x) : x * x;
+    }
+    if (grad) {
+        for (ptrdiff_t i = 0; i < n; i++) grad[i] = l1 ? lam * FWB_FN(fwb_sign)(w[i]) : lam * w[i];
     }
     return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }

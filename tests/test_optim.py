@@ -1,0 +1,192 @@
+"""fastwb.optim against its NumPy twin (and torch.optim when installed)."""
+
+import numpy as np
+import pytest
+from conftest import THREADS, close
+
+import fastwb.reference.optim as Ropt
+from fastwb import _optim, optim
+
+CONFIGS = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.05, momentum=0.9)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01)),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.001)),
+    ("Momentum", dict(lr=0.05, momentum=0.9)),
+    ("Adam", dict(lr=1e-2)),
+    ("Adam", dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)),
+    ("Adam", dict(lr=1e-2, amsgrad=True)),
+    ("AdamW", dict(lr=1e-2)),
+    ("AdamW", dict(lr=1e-2, weight_decay=0.1, amsgrad=True)),
+    ("RMSprop", dict(lr=1e-3)),
+    ("RMSprop", dict(lr=1e-3, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.01)),
+    ("RMSprop", dict(lr=1e-3, centered=True)),
+    ("Adam", dict(lr=1e-2, l1=1e-3)),
+    ("SGD", dict(lr=0.05, momentum=0.9, l1=1e-3)),
+]
+IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for name, kw in CONFIGS]
+SHAPES = [(7, 13), (1,), (33,), (4, 5, 3)]
+
+
+def _problem(rng, dtype, steps=100):
+    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in SHAPES] for _ in range(steps)]
+    return params, grads
+
+
+def _run(cls, params, grads, **kw):
+    params = [p.copy() for p in params]
+    opt = cls(params, **kw)
+    for g in grads:
+        opt.step(g)
+    return params, opt
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+def test_100_steps_match_twin(name, kw, dtype, rng):
+    params, grads = _problem(rng, dtype)
+    got, opt = _run(getattr(optim, name), params, grads, **kw)
+    ref, twin = _run(getattr(Ropt, name), params, grads, **kw)
+    for a, e in zip(got, ref):
+        assert a.dtype == dtype
+        # float32 trajectories: 100 steps of rounding differences (PyTorch's
+        # lerp form of the first moment vs the textbook form) of a few ulp each
+        close(a, e, dtype, ulps=256, scale=True)
+    for s, t in zip(opt.state, twin.state):
+        assert set(s) == set(t)
+        for k in s:
+            close(s[k], t[k], dtype, ulps=256, scale=True)
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+def test_masked_entries_stay_zero_and_state_frozen(name, kw, rng):
+    params, grads = _problem(rng, np.float64, steps=20)
+    masks = [rng.random(s) > 0.4 for s in SHAPES]
+    got = [p.copy() for p in params]
+    opt = getattr(optim, name)(got, masks=masks, **kw)
+    twin_params = [p.copy() for p in params]
+    twin = getattr(Ropt, name)(twin_params, masks=masks, **kw)
+    for g in grads:
+        opt.step(g)
+        twin.step(g)
+        for p, m in zip(got, masks):
+            assert (p[~m] == 0).all() and not np.signbit(p[~m]).any()
+    for s, m in zip(opt.state, masks):
+        for buf in s.values():
+            assert (buf[~m] == 0).all()
+    for a, e in zip(got, twin_params):
+        close(a, e, np.float64, scale=True)
+
+
+def test_state_dict_round_trip_is_exact(rng):
+    params, grads = _problem(rng, np.float32, steps=15)
+    a = [p.copy() for p in params]
+    opt = optim.Adam(a, lr=1e-2, amsgrad=True, masks=[None, None, rng.random(33) > 0.5, None])
+    for g in grads[:10]:
+        opt.step(g)
+    saved = opt.state_dict()
+    b = [p.copy() for p in a]
+    for g in grads[10:]:
+        opt.step(g)
+    opt2 = optim.Adam(b, lr=0.5)
+    opt2.load_state_dict(saved)
+    for g in grads[10:]:
+        opt2.step(g)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert opt2.step_count == 15 and opt2.hyper["lr"] == 1e-2
+
+
+def test_state_dict_rejects_other_shapes_and_types(rng):
+    opt = optim.Adam([np.zeros((3, 4), np.float32)])
+    opt.step([np.ones((3, 4), np.float32)])
+    saved = opt.state_dict()
+    with pytest.raises(ValueError, match=r"params\[0\] is float32\(4, 3\)"):
+        optim.Adam([np.zeros((4, 3), np.float32)]).load_state_dict(saved)
+    with pytest.raises(ValueError, match="float64"):
+        optim.Adam([np.zeros((3, 4))]).load_state_dict(saved)
+    with pytest.raises(ValueError, match="state is for optimizer 'Adam', not 'SGD'"):
+        optim.SGD([np.zeros((3, 4), np.float32)]).load_state_dict(saved)
+    with pytest.raises(ValueError, match="holds 1 parameter arrays"):
+        optim.Adam([np.zeros((3, 4), np.float32)] * 2).load_state_dict(saved)
+
+
+@pytest.mark.parametrize("kernel", ["sgd", "momentum", "adam", "rmsprop"])
+def test_kernels_thread_independent(kernel, dtype, rng):
+    n = 10007
+    mask = (rng.random(n) > 0.3).astype(np.uint8)
+
+    def run(t):
+        r = np.random.default_rng(5)
+        p, g, a, b, c = (r.standard_normal(n).astype(dtype) for _ in range(5))
+        b = np.abs(b)
+        if kernel == "sgd":
+            _optim.sgd(p, g, a, mask, 0.1, 0.9, 0.1, 0.01, 0.001, True, False, t)
+        elif kernel == "momentum":
+            _optim.momentum(p, g, a, mask, 0.1, 0.9, 0.01, 0.001, t)
+        elif kernel == "adam":
+            _optim.adam(p, g, a, b, np.abs(c), mask, 0.9, 0.999, 1e-8, 0.01, 0.0, 0.999, 0.01, 0.3, t)
+        else:
+            _optim.rmsprop(p, g, b, a * 0.01, c, mask, 0.01, 0.99, 1e-8, 0.0, 0.0, 0.9, t)
+        return p, a, b, c
+
+    first = run(1)
+    for t in THREADS[1:]:
+        for x, y in zip(first, run(t)):
+            np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))
+
+
+def test_empty_and_zero_size_params():
+    p = [np.zeros((0, 3), np.float32), np.ones(2, np.float32)]
+    opt = optim.Adam(p)
+    opt.step([np.zeros((0, 3), np.float32), np.ones(2, np.float32)])
+    assert p[1].shape == (2,) and (p[1] < 1).all()
+
+
+def test_non_contiguous_gradient_is_copied(rng):
+    p = np.zeros((4, 5))
+    big = rng.standard_normal((8, 10))
+    g = big[::2, ::2]
+    optim.SGD([p], lr=1.0).step([g])
+    np.testing.assert_array_equal(p, -g)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: optim.SGD([]), ValueError, "params is empty"),
+    (lambda: optim.SGD([np.zeros(3, np.int64)]), TypeError, "float32 or float64"),
+    (lambda: optim.SGD([np.zeros((3, 4))[:, ::2]]), ValueError, "C-contiguous"),
+    (lambda: optim.SGD([np.zeros(3)], lr=-1), ValueError, "lr must be >= 0"),
+    (lambda: optim.SGD([np.zeros(3)], nesterov=True), ValueError, "nesterov"),
+    (lambda: optim.Adam([np.zeros(3)], betas=(1.0, 0.9)), ValueError, "betas"),
+    (lambda: optim.Adam([np.zeros(3)]).step([np.zeros(4)]), ValueError, r"grads\[0\] has shape \(4,\).*\(3,\)"),
+    (lambda: optim.Adam([np.zeros(3)]).step([np.zeros(3, np.float32)]), TypeError, "dtype float32"),
+    (lambda: optim.Adam([np.zeros(3)]).step([np.zeros(3), np.zeros(3)]), ValueError, "2 gradients for 1"),
+    (lambda: optim.Adam([np.zeros(3)], masks=[np.ones(4, bool)]), ValueError, r"masks\[0\] has shape"),
+    (lambda: optim.Adam([np.zeros(3)], masks=[np.ones(3)]), TypeError, "boolean keep-mask"),
+    (lambda: optim.Adam([np.zeros(3)]).rebind([np.zeros(4)]), ValueError, "one optimizer per layer"),
+])
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------------
+# against torch.optim itself
+# ---------------------------------------------------------------------------
+
+TORCH_CONFIGS = [c for c in CONFIGS if c[0] != "Momentum" and "l1" not in c[1]]
+
+
+@pytest.mark.parametrize("name,kw", TORCH_CONFIGS, ids=[IDS[CONFIGS.index(c)] for c in TORCH_CONFIGS])
+def test_100_steps_match_torch(name, kw, dtype, rng):
+    torch = pytest.importorskip("torch", reason="PyTorch is optional: pip install torch==2.13.0")
+    params, grads = _problem(rng, dtype)
+    got, _ = _run(getattr(optim, name), params, grads, **kw)
+    tparams = [torch.tensor(p, requires_grad=True) for p in params]
+    topt = getattr(torch.optim, name)(tparams, foreach=False, **kw)
+    for step in grads:
+        for tp, g in zip(tparams, step):
+            tp.grad = torch.tensor(g)
+        topt.step()
+    for a, tp in zip(got, tparams):
+        close(a, tp.detach().numpy(), dtype, ulps=256, scale=True)
