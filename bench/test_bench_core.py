@@ -4,7 +4,7 @@ NumPy twin (and, where it is the yardstick, the bare GEMM) on the same work.
     pytest bench/ --benchmark-only
     pytest bench/ --benchmark-only --benchmark-group-by=group --benchmark-columns=median,iqr,ops
 
-For paired median ratios taken side by side, run ``python bench/core_targets.py``.
+For paired median ratios taken side by side, run ``python bench/targets.py``.
 """
 
 import numpy as np

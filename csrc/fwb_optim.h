@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include "fwb_rows.h"
 
+#define FWB_INLINE static inline __attribute__((always_inline))
+
 #define FWB_T float
 #define FWB_S f32
 #define FWB_SQRT sqrtf

@@ -14,7 +14,10 @@
  *   wd    L2 weight decay added to the gradient: d = g + wd * p
  *   l1    L1 coefficient added to the gradient:  d += l1 * sign(p)
  * Flags that are constant over a call (wd != 0, nesterov, ...) select
- * between values rather than branch, so every loop vectorises.
+ * between values rather than branch, and each update is written once as an
+ * always-inlined body that the entry point instantiates for every
+ * combination of optional arrays (mask, momentum buffer, ...), so that no
+ * loop tests a pointer and every loop vectorises.
  */
 
 #define FWB_CAT_(a, b) a##_##b
@@ -43,34 +46,50 @@ static inline FWB_T FWB_FN(fwb_lerp)(FWB_T a, FWB_T b, FWB_T w) {
  *                   d = d + mu buf (nesterov) or d = buf
  *   p = p - lr d
  * buf is NULL when momentum is 0. */
-FWB_CLONES static void FWB_FN(fwb_sgd)(FWB_T *p, const FWB_T *g, FWB_T *buf, const unsigned char *mask,
-                                        ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T damp, FWB_T wd, FWB_T l1,
-                                        int nesterov, int first) {
+FWB_INLINE void FWB_FN(fwb_sgd_body)(FWB_T *p, const FWB_T *g, FWB_T *buf, const unsigned char *mask,
+                                     ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T damp, FWB_T wd, FWB_T l1,
+                                     int nesterov, int first, const int has_buf, const int has_mask) {
     FWB_T keep_g = (FWB_T)1 - damp;
     for (ptrdiff_t j = 0; j < n; j++) {
+        int off = has_mask && !mask[j];
         FWB_T pj = p[j];
         FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
-        if (buf) {
+        if (has_buf) {
             FWB_T b = first ? d : buf[j] * mu + keep_g * d;
             d = nesterov ? d + mu * b : b;
-            buf[j] = (mask && !mask[j]) ? buf[j] : b;
+            buf[j] = off ? buf[j] : b;
         }
         FWB_T pn = pj + (-lr) * d;
-        p[j] = (mask && !mask[j]) ? (FWB_T)0 : pn;
+        p[j] = off ? (FWB_T)0 : pn;
     }
 }
 
+FWB_CLONES static void FWB_FN(fwb_sgd)(FWB_T *p, const FWB_T *g, FWB_T *buf, const unsigned char *mask,
+                                        ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T damp, FWB_T wd, FWB_T l1,
+                                        int nesterov, int first) {
+#define FWB_SGD(B, M) FWB_FN(fwb_sgd_body)(p, g, buf, mask, n, lr, mu, damp, wd, l1, nesterov, first, B, M)
+    if (buf) { if (mask) FWB_SGD(1, 1); else FWB_SGD(1, 0); }
+    else     { if (mask) FWB_SGD(0, 1); else FWB_SGD(0, 0); }
+#undef FWB_SGD
+}
+
 /* Momentum in the slides' form: v = mu v - lr d;  p = p + v. */
-FWB_CLONES static void FWB_FN(fwb_momentum)(FWB_T *p, const FWB_T *g, FWB_T *v, const unsigned char *mask,
-                                             ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T wd, FWB_T l1) {
+FWB_INLINE void FWB_FN(fwb_momentum_body)(FWB_T *p, const FWB_T *g, FWB_T *v, const unsigned char *mask,
+                                          ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T wd, FWB_T l1, const int has_mask) {
     for (ptrdiff_t j = 0; j < n; j++) {
+        int off = has_mask && !mask[j];
         FWB_T pj = p[j];
         FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
         FWB_T vn = mu * v[j] - lr * d;
-        int off = mask && !mask[j];
         v[j] = off ? v[j] : vn;
         p[j] = off ? (FWB_T)0 : pj + vn;
     }
+}
+
+FWB_CLONES static void FWB_FN(fwb_momentum)(FWB_T *p, const FWB_T *g, FWB_T *v, const unsigned char *mask,
+                                             ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T wd, FWB_T l1) {
+    if (mask) FWB_FN(fwb_momentum_body)(p, g, v, mask, n, lr, mu, wd, l1, 1);
+    else      FWB_FN(fwb_momentum_body)(p, g, v, mask, n, lr, mu, wd, l1, 0);
 }
 
 /* Adam / AdamW as torch.optim.Adam and AdamW (single-tensor path):
@@ -83,30 +102,41 @@ FWB_CLONES static void FWB_FN(fwb_momentum)(FWB_T *p, const FWB_T *g, FWB_T *v, 
  * decay_factor = 1 - lr wd for AdamW (1 for Adam); bc2_sqrt and step_size
  * are computed by the caller in double, as PyTorch does. vmax is NULL
  * without amsgrad. */
-FWB_CLONES static void FWB_FN(fwb_adam)(FWB_T *p, const FWB_T *g, FWB_T *m, FWB_T *v, FWB_T *vmax,
-                                         const unsigned char *mask, ptrdiff_t n, FWB_T beta1, FWB_T beta2,
-                                         FWB_T eps, FWB_T wd, FWB_T l1, FWB_T decay_factor,
-                                         FWB_T step_size, FWB_T bc2_sqrt) {
+FWB_INLINE void FWB_FN(fwb_adam_body)(FWB_T *p, const FWB_T *g, FWB_T *m, FWB_T *v, FWB_T *vmax,
+                                      const unsigned char *mask, ptrdiff_t n, FWB_T beta1, FWB_T beta2,
+                                      FWB_T eps, FWB_T wd, FWB_T l1, FWB_T decay_factor,
+                                      FWB_T step_size, FWB_T bc2_sqrt, const int has_vmax, const int has_mask) {
     FWB_T w1 = (FWB_T)1 - beta1, w2 = (FWB_T)1 - beta2;
     for (ptrdiff_t j = 0; j < n; j++) {
+        int off = has_mask && !mask[j];
         FWB_T pj = p[j];
         FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
         pj = decay_factor != 1 ? pj * decay_factor : pj;
         FWB_T mj = FWB_FN(fwb_lerp)(m[j], d, w1);
         FWB_T vj = v[j] * beta2 + (w2 * d) * d;
         FWB_T vd = vj;
-        if (vmax) {
+        if (has_vmax) {
             FWB_T vm = vmax[j] > vj || vmax[j] != vmax[j] ? vmax[j] : vj;
-            vmax[j] = (mask && !mask[j]) ? vmax[j] : vm;
+            vmax[j] = off ? vmax[j] : vm;
             vd = vm;
         }
         FWB_T denom = FWB_SQRT(vd) / bc2_sqrt + eps;
         FWB_T pn = pj + ((-step_size) * mj) / denom;
-        int off = mask && !mask[j];
         m[j] = off ? m[j] : mj;
         v[j] = off ? v[j] : vj;
         p[j] = off ? (FWB_T)0 : pn;
     }
+}
+
+FWB_CLONES static void FWB_FN(fwb_adam)(FWB_T *p, const FWB_T *g, FWB_T *m, FWB_T *v, FWB_T *vmax,
+                                         const unsigned char *mask, ptrdiff_t n, FWB_T beta1, FWB_T beta2,
+                                         FWB_T eps, FWB_T wd, FWB_T l1, FWB_T decay_factor,
+                                         FWB_T step_size, FWB_T bc2_sqrt) {
+#define FWB_ADAM(X, M) FWB_FN(fwb_adam_body)(p, g, m, v, vmax, mask, n, beta1, beta2, eps, wd, l1, \
+                                             decay_factor, step_size, bc2_sqrt, X, M)
+    if (vmax) { if (mask) FWB_ADAM(1, 1); else FWB_ADAM(1, 0); }
+    else      { if (mask) FWB_ADAM(0, 1); else FWB_ADAM(0, 0); }
+#undef FWB_ADAM
 }
 
 /* RMSprop as torch.optim.RMSprop:
@@ -117,17 +147,18 @@ FWB_CLONES static void FWB_FN(fwb_adam)(FWB_T *p, const FWB_T *g, FWB_T *m, FWB_
  *   momentum > 0: buf = buf momentum + d / avg;  p = p - lr buf
  *   else:         p = p - (lr d) / avg
  * ga is NULL unless centered, buf NULL unless momentum > 0. */
-FWB_CLONES static void FWB_FN(fwb_rmsprop)(FWB_T *p, const FWB_T *g, FWB_T *v, FWB_T *ga, FWB_T *buf,
-                                            const unsigned char *mask, ptrdiff_t n, FWB_T lr, FWB_T alpha,
-                                            FWB_T eps, FWB_T wd, FWB_T l1, FWB_T momentum) {
+FWB_INLINE void FWB_FN(fwb_rmsprop_body)(FWB_T *p, const FWB_T *g, FWB_T *v, FWB_T *ga, FWB_T *buf,
+                                         const unsigned char *mask, ptrdiff_t n, FWB_T lr, FWB_T alpha,
+                                         FWB_T eps, FWB_T wd, FWB_T l1, FWB_T momentum,
+                                         const int has_ga, const int has_buf, const int has_mask) {
     FWB_T w = (FWB_T)1 - alpha;
     for (ptrdiff_t j = 0; j < n; j++) {
-        int off = mask && !mask[j];
+        int off = has_mask && !mask[j];
         FWB_T pj = p[j];
         FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
         FWB_T vj = v[j] * alpha + (w * d) * d;
         FWB_T avg;
-        if (ga) {
+        if (has_ga) {
             FWB_T gj = FWB_FN(fwb_lerp)(ga[j], d, w);
             avg = FWB_SQRT(vj + (-gj) * gj) + eps;
             ga[j] = off ? ga[j] : gj;
@@ -135,7 +166,7 @@ FWB_CLONES static void FWB_FN(fwb_rmsprop)(FWB_T *p, const FWB_T *g, FWB_T *v, F
             avg = FWB_SQRT(vj) + eps;
         }
         FWB_T pn;
-        if (buf) {
+        if (has_buf) {
             FWB_T bj = buf[j] * momentum + d / avg;
             buf[j] = off ? buf[j] : bj;
             pn = pj + (-lr) * bj;
@@ -145,6 +176,20 @@ FWB_CLONES static void FWB_FN(fwb_rmsprop)(FWB_T *p, const FWB_T *g, FWB_T *v, F
         v[j] = off ? v[j] : vj;
         p[j] = off ? (FWB_T)0 : pn;
     }
+}
+
+FWB_CLONES static void FWB_FN(fwb_rmsprop)(FWB_T *p, const FWB_T *g, FWB_T *v, FWB_T *ga, FWB_T *buf,
+                                            const unsigned char *mask, ptrdiff_t n, FWB_T lr, FWB_T alpha,
+                                            FWB_T eps, FWB_T wd, FWB_T l1, FWB_T momentum) {
+#define FWB_RMS(A, B, M) FWB_FN(fwb_rmsprop_body)(p, g, v, ga, buf, mask, n, lr, alpha, eps, wd, l1, momentum, A, B, M)
+    if (ga) {
+        if (buf) { if (mask) FWB_RMS(1, 1, 1); else FWB_RMS(1, 1, 0); }
+        else     { if (mask) FWB_RMS(1, 0, 1); else FWB_RMS(1, 0, 0); }
+    } else {
+        if (buf) { if (mask) FWB_RMS(0, 1, 1); else FWB_RMS(0, 1, 0); }
+        else     { if (mask) FWB_RMS(0, 0, 1); else FWB_RMS(0, 0, 0); }
+    }
+#undef FWB_RMS
 }
 
 /* Regularisation of one stretch: grad = lam * w (l2) or lam * sign(w) (l1);

@@ -32,40 +32,64 @@ static inline FWB_T FWB_FN(fwb_from_key)(FWB_K k) {
 
 /* hist[(key >> shift) & (FWB_RADIX - 1)] += 1 for every key with
  * (key & prefix_mask) == prefix; hist has FWB_RADIX counters, zeroed here.
- * Also counts keys above `above` into *n_above (NaNs, at the first level). */
+ * Also counts keys above `above` into *n_above (NaNs, at the first level).
+ * Four interleaved sub-histograms keep runs of equal digits (common: most
+ * weights share a few exponents) from waiting on each other's increments. */
 static void FWB_FN(fwb_key_histogram)(const FWB_T *w, ptrdiff_t n, FWB_K prefix, FWB_K prefix_mask,
                                       int shift, int64_t *hist, FWB_K above, int64_t *n_above) {
-    memset(hist, 0, FWB_RADIX * sizeof(int64_t));
+    uint32_t sub[4][FWB_RADIX];
+    const FWB_K digit = FWB_RADIX - 1;
     int64_t big = 0;
-    for (ptrdiff_t j = 0; j < n; j++) {
-        FWB_K k = FWB_FN(fwb_key)(w[j]);
-        big += k > above;
-        if ((k & prefix_mask) == prefix) hist[(k >> shift) & (FWB_RADIX - 1)]++;
+    memset(hist, 0, FWB_RADIX * sizeof(int64_t));
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += (ptrdiff_t)1 << 30) {     /* uint32 counters never overflow */
+        ptrdiff_t j1 = n - j0 > ((ptrdiff_t)1 << 30) ? j0 + ((ptrdiff_t)1 << 30) : n, j = j0;
+        memset(sub, 0, sizeof sub);
+        for (; j + 4 <= j1; j += 4)
+            for (int k = 0; k < 4; k++) {
+                FWB_K key = FWB_FN(fwb_key)(w[j + k]);
+                big += key > above;
+                if ((key & prefix_mask) == prefix) sub[k][(key >> shift) & digit]++;
+            }
+        for (; j < j1; j++) {
+            FWB_K key = FWB_FN(fwb_key)(w[j]);
+            big += key > above;
+            if ((key & prefix_mask) == prefix) sub[0][(key >> shift) & digit]++;
+        }
+        for (int b = 0; b < FWB_RADIX; b++) hist[b] += (int64_t)sub[0][b] + sub[1][b] + sub[2][b] + sub[3][b];
     }
     *n_above = big;
 }
 
 /* smallest key strictly greater than `key` (all ones when there is none) */
-static FWB_K FWB_FN(fwb_min_key_above)(const FWB_T *w, ptrdiff_t n, FWB_K key) {
+FWB_CLONES static FWB_K FWB_FN(fwb_min_key_above)(const FWB_T *w, ptrdiff_t n, FWB_K key) {
     FWB_K best = ~(FWB_K)0;
     for (ptrdiff_t j = 0; j < n; j++) {
         FWB_K k = FWB_FN(fwb_key)(w[j]);
-        best = (k > key && k < best) ? k : best;
+        FWB_K c = k > key ? k : ~(FWB_K)0;
+        best = c < best ? c : best;
     }
     return best;
 }
 
 /* The slides' magnitude pruning of one stretch:
  *   mask = |w| >= threshold,  out = w * mask;  returns the number kept.
- * out may equal w.  (w * 0 keeps NumPy's -0.0 and NaN * 0 = NaN.) */
+ * out may equal w.  (w * 0 keeps NumPy's -0.0 and NaN * 0 = NaN.)  Counts
+ * are kept per block in an integer as wide as FWB_T so that the loop
+ * vectorises. */
 FWB_CLONES static int64_t FWB_FN(fwb_prune_threshold)(const FWB_T *w, FWB_T *out, unsigned char *mask,
                                                        ptrdiff_t n, FWB_T threshold) {
     int64_t kept = 0;
-    for (ptrdiff_t j = 0; j < n; j++) {
-        unsigned char keep = FWB_ABS(w[j]) >= threshold;
-        mask[j] = keep;
-        out[j] = w[j] * (FWB_T)keep;
-        kept += keep;
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += 65536) {
+        ptrdiff_t j1 = n - j0 > 65536 ? j0 + 65536 : n;
+        FWB_IK block = 0;
+        for (ptrdiff_t j = j0; j < j1; j++) {
+            FWB_T x = w[j];
+            FWB_IK keep = FWB_ABS(x) >= threshold;
+            out[j] = keep ? x : x * (FWB_T)0;
+            mask[j] = (unsigned char)keep;
+            block += keep;
+        }
+        kept += block;
     }
     return kept;
 }

@@ -47,10 +47,13 @@ def select_abs(const floating[::1] w,     # IN  (n,), n >= 1
                int n_threads):
     """The k-th smallest |w| (0-based) by radix selection.
 
-    Returns (value, key, n_less, n_equal, n_nan): the value as a Python float,
-    its key (bit pattern of |value|), how many |w| are smaller and how many
-    equal to it, and how many elements are NaN (NaN sorts last)."""
-    cdef Py_ssize_t n = w.shape[0], t, lo, hi, b
+    Returns (value, key, n_less, n_equal, n_nan, next_value): the value as a
+    Python float, its key (bit pattern of |value|), how many |w| are smaller
+    and how many equal to it, how many elements are NaN (NaN sorts last), and
+    the next larger |w| when the last pass saw it (it almost always does:
+    the last pass histograms every key that shares all but the lowest 11
+    bits), else None."""
+    cdef Py_ssize_t n = w.shape[0], t, lo, hi, b, b2
     cdef int level, levels = 3 if floating is float else 6, shift
     cdef uint64_t prefix = 0, prefix_mask = 0, digit_mask = FWB_RADIX - 1
     cdef uint64_t above = 0x7F800000 if floating is float else 0x7FF0000000000000
@@ -84,11 +87,23 @@ def select_abs(const floating[::1] w,     # IN  (n,), n >= 1
         rank -= cum
         prefix |= (<uint64_t>b) << shift
         prefix_mask |= digit_mask << shift
+    # the last level's histogram has full resolution: its next non-empty
+    # bucket after b is the next larger key
+    next_value = None
+    for b2 in range(b + 1, FWB_RADIX):
+        count = 0
+        for t in range(n_threads):
+            count += hist[t, b2]
+        if count:
+            next_value = _value((prefix & ~digit_mask) | <uint64_t>b2, w)
+            break
+    return _value(prefix, w), prefix, k - rank, equal, n_nan, next_value
+
+
+cdef inline double _value(uint64_t key, const floating[::1] like):
     if floating is float:
-        value = fwb_from_key_f32(<uint32_t>prefix)
-    else:
-        value = fwb_from_key_f64(prefix)
-    return value, prefix, k - rank, equal, n_nan
+        return fwb_from_key_f32(<uint32_t>key)
+    return fwb_from_key_f64(key)
 
 
 def min_abs_above(const floating[::1] w, uint64_t key, uint64_t[::1] extra, int n_threads):

@@ -109,11 +109,13 @@ def threads(n):
 # Work per thread below which a kernel runs serially.  Waking a sleeping
 # (passive) OpenMP thread costs 40-90 us on the 2-core development machine, so
 # a second thread pays off only with enough work each.  Measured there with
-# `python bench/core_targets.py --grain` (1 vs 2 threads, float32): relu breaks even near 2M
+# `python bench/targets.py --grain` (1 vs 2 threads, float32): relu breaks even near 2M
 # elements (about 0.1 ns per element when memory-bound), sigmoid near 256K
 # (about 0.5 ns per element).
-GRAIN_MEMORY = 1 << 20      # cheap elementwise work: add, max, multiply
+GRAIN_MEMORY = 1 << 20      # cheap elementwise work: add, max, multiply, SGD
 GRAIN_COMPUTE = 1 << 17     # exp-based work: sigmoid, tanh, softmax
+GRAIN_UPDATE = 1 << 19      # Adam / RMSprop steps (sqrt and divide): 1M float32
+                            # took 524 us on 1 thread, 358 us on 2
 
 
 def plan_threads(work, grain=GRAIN_MEMORY):

@@ -22,7 +22,7 @@ for other shapes or dtypes is rejected.
 import numpy as np
 
 from fastwb import _optim
-from fastwb._runtime import GRAIN_MEMORY, plan_threads
+from fastwb._runtime import GRAIN_MEMORY, GRAIN_UPDATE, plan_threads
 from fastwb._validate import FLOAT_DTYPES
 
 __all__ = ["Optimizer", "SGD", "Momentum", "Adam", "AdamW", "RMSprop"]
@@ -56,6 +56,7 @@ class Optimizer:
     ``_state_names`` (per-parameter state arrays) and ``_update``."""
 
     _state_names = ()
+    _grain = GRAIN_MEMORY       # elements per thread worth waking a thread for
 
     def __init__(self, params, hyper, masks=None):
         self.params = _check_params(params)
@@ -139,7 +140,7 @@ class Optimizer:
         for p, g, state, mask in zip(self.params, grads, self.state, self.masks):
             if p.size:
                 flat = {k: v.reshape(-1) for k, v in state.items()}
-                self._update(p.reshape(-1), g, flat, mask, plan_threads(p.size, GRAIN_MEMORY))
+                self._update(p.reshape(-1), g, flat, mask, plan_threads(p.size, self._grain))
 
     def _update(self, p, g, state, mask, n_threads):
         raise NotImplementedError
@@ -274,6 +275,7 @@ class Adam(Optimizer):
     """
 
     _decoupled = False
+    _grain = GRAIN_UPDATE
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
                  l1=0.0, masks=None):
@@ -328,6 +330,8 @@ class RMSprop(Optimizer):
     then :math:`b_t = \mu b_{t-1} + d_t / a_t`, :math:`p_t = p_{t-1} - \gamma b_t`
     with momentum, else :math:`p_t = p_{t-1} - \gamma d_t / a_t`.
     """
+
+    _grain = GRAIN_UPDATE
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
                  l1=0.0, masks=None):

@@ -67,7 +67,7 @@ def _check_percentile(p):
 
 
 def _order_statistic(flat, k, ws):
-    """(value, key, n_less, n_equal, n_nan) of the k-th smallest |w|."""
+    """(value, key, n_less, n_equal, n_nan, next_value) of the k-th smallest |w|."""
     return _prune.select_abs(flat, k, ws.hist, ws.counts, ws.n_threads)
 
 
@@ -84,11 +84,13 @@ def _threshold(flat, p, ws):
         gamma = virtual - (-1.0)        # NumPy uses the index -1 for "last" here
     else:
         gamma = virtual - prev
-    a, key, n_less, n_equal, n_nan = _order_statistic(flat, prev, ws)
+    a, key, n_less, n_equal, n_nan, next_value = _order_statistic(flat, prev, ws)
     if n_nan:
         return dtype(np.nan)
     if nxt == prev or n_less + n_equal > nxt:
         b = a
+    elif next_value is not None:
+        b = next_value
     else:
         b, _ = _prune.min_abs_above(flat, key, ws.keys, ws.n_threads)
     a, b = dtype(a), dtype(b)
@@ -158,7 +160,7 @@ def _exact_k_mask(flat, k, ws):
     mask = np.ones(flat.shape[0], np.uint8)
     if k == 0:
         return mask
-    value, cut, n_less, _, _ = _order_statistic(flat, k - 1, ws)
+    _, cut, n_less, _, _, _ = _order_statistic(flat, k - 1, ws)
     _prune.mask_exact_k(flat, mask, cut, k - n_less, ws.counts, ws.n_threads)
     return mask
 

@@ -1,8 +1,9 @@
 """Measure the compiled core's benchmark targets, side by side.
 
-    python bench/core_targets.py            # targets of the core issue
-    python bench/core_targets.py --grain    # also: 1 vs 2 threads by size
-    python bench/core_targets.py --policy   # also: the GEMM/kernel alternation
+    python bench/targets.py            # all targets (core kernels, optimizers, pruning)
+    python bench/targets.py --only optim
+    python bench/targets.py --grain    # also: 1 vs 2 threads by size
+    python bench/targets.py --policy   # also: the GEMM/kernel alternation
                                             # under OMP_WAIT_POLICY=ACTIVE
 
 Every figure is a median over interleaved repetitions (bench/harness.py);
@@ -23,7 +24,8 @@ from harness import copy_bandwidth, gemm_rate, interleaved, median_ratio  # noqa
 
 import fastwb  # noqa: E402
 import fastwb.reference as R  # noqa: E402
-from fastwb import _dense  # noqa: E402
+import fastwb.reference.optim as Ropt  # noqa: E402
+from fastwb import _dense, optim  # noqa: E402
 
 ROWS = []
 
@@ -104,6 +106,56 @@ def bandwidth_targets(rng, bw):
         report(f"{name} 16M f32: twin / fastwb", f"{median_ratio(t, 'twin', 'fastwb'):.2f}x", "", True)
 
 
+def _optimizer_pair(cls_name, n, rng, **kw):
+    p = rng.standard_normal(n).astype(np.float32)
+    g = (rng.standard_normal(n) * 0.01).astype(np.float32)
+    fast_p, twin_p = p.copy(), p.copy()
+    fast = getattr(optim, cls_name)([fast_p], **kw)
+    twin = getattr(Ropt, cls_name)([twin_p], **kw)
+    return (lambda: fast.step([g])), (lambda: twin.step([g]))
+
+
+def optim_targets(rng, bw):
+    best = max(bw.values())
+    fast, twin = _optimizer_pair("Adam", 1 << 20, rng, lr=1e-3)
+    t = interleaved({"fastwb": fast, "twin": twin}, repeats=25)
+    r = median_ratio(t, "twin", "fastwb")
+    report("Adam step 1M f32: twin / fastwb", f"{r:.1f}x ({np.median(t['fastwb'])*1e6:.0f} us)", ">= 8x", r >= 8)
+    n = 1 << 24
+    for name, kw, nbytes in (("Adam", {"lr": 1e-3}, 28), ("SGD", {"lr": 1e-3, "momentum": 0.9}, 20)):
+        fast, twin = _optimizer_pair(name, n, rng, **kw)
+        contenders = {"fastwb": fast, "twin": twin}
+        torch_step = _torch_step(name, n, kw)
+        if torch_step is not None:
+            contenders["torch"] = torch_step
+        t = interleaved(contenders, repeats=9)
+        rate = nbytes * n / float(np.median(t["fastwb"]))
+        label = "Adam" if name == "Adam" else "SGD momentum"
+        report(f"{label} step 16M f32: GB/s at {nbytes} B/elem, share of copy", f"{rate/1e9:.1f} GB/s = {100*rate/best:.0f}%",
+               ">= 70%", rate >= 0.7 * best)
+        report(f"{label} step 16M f32: twin / fastwb", f"{median_ratio(t, 'twin', 'fastwb'):.1f}x", "", True)
+        if "torch" in t:
+            report(f"{label} step 16M f32: torch ({'fused' if name == 'Adam' else 'foreach'}) / fastwb",
+                   f"{median_ratio(t, 'torch', 'fastwb'):.2f}x", "(info)", True)
+    w = (rng.standard_normal(n) * 0.1).astype(np.float32)
+    t = interleaved({"fastwb": lambda: fastwb.prune_weights(w, 90), "twin": lambda: R.prune_weights(w, 90)}, repeats=7)
+    r = median_ratio(t, "twin", "fastwb")
+    report("prune_weights 16M f32 p90: twin / fastwb", f"{r:.1f}x ({np.median(t['fastwb'])*1e3:.1f} ms)", ">= 5x", r >= 5)
+
+
+def _torch_step(name, n, kw):
+    """torch.optim's step on the same problem at fastwb's thread count, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(fastwb.get_num_threads())
+    p = torch.zeros(n, requires_grad=True)
+    p.grad = torch.full((n,), 0.01)
+    opt = torch.optim.Adam([p], fused=True, **kw) if name == "Adam" else torch.optim.SGD([p], foreach=True, **kw)
+    return opt.step
+
+
 def grain_sweep(rng):
     print("\n1 vs 2 threads (median us per call), float32, serial-threshold calibration")
     for n in (1 << 14, 1 << 16, 1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22):
@@ -120,6 +172,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grain", action="store_true", help="also sweep 1 vs 2 threads by size")
     parser.add_argument("--policy", action="store_true", help="also run the alternation under OMP_WAIT_POLICY=ACTIVE")
+    parser.add_argument("--only", choices=["core", "optim"], help="run one group of targets")
     parser.add_argument("--alternation-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -135,14 +188,19 @@ def main(argv=None):
           f"{bw['threads']/1e9:.1f} GB/s; GEMM 2048^3: f32 {gemm_rate()/1e9:.0f} GFLOP/s, "
           f"f64 {gemm_rate(dtype=np.float64)/1e9:.0f} GFLOP/s\n")
     print(f"{'measure':<58} {'result':<22} {'target':<18}")
-    linear_target(rng)
-    alternation(rng)
-    if args.policy:
-        env = dict(os.environ, OMP_WAIT_POLICY="ACTIVE")
-        out = subprocess.run([sys.executable, __file__, "--alternation-only"], env=env, capture_output=True, text=True)
-        print("  under OMP_WAIT_POLICY=ACTIVE (for comparison):", out.stdout.strip().splitlines()[-1] if out.stdout else out.stderr)
-    cross_entropy_targets(rng)
-    bandwidth_targets(rng, bw)
+    if args.only in (None, "core"):
+        linear_target(rng)
+        alternation(rng)
+        if args.policy:
+            env = dict(os.environ, OMP_WAIT_POLICY="ACTIVE")
+            out = subprocess.run([sys.executable, __file__, "--alternation-only"], env=env, capture_output=True,
+                                 text=True)
+            print("  under OMP_WAIT_POLICY=ACTIVE (for comparison):",
+                  out.stdout.strip().splitlines()[-1] if out.stdout else out.stderr)
+        cross_entropy_targets(rng)
+        bandwidth_targets(rng, bw)
+    if args.only in (None, "optim"):
+        optim_targets(rng, bw)
     if args.grain:
         grain_sweep(rng)
     missed = [r[0] for r in ROWS if not r[3]]
