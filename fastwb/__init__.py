@@ -24,6 +24,7 @@ The compiled kernels live in the private ``fastwb._dense``, ``_losses``,
 from fastwb._runtime import get_num_threads, plan_threads, set_num_threads, show_config, threads
 from fastwb._version import __version__
 from fastwb import functional, init, optim, prune, regularization, slides  # noqa: F401
+from fastwb.mlp import MLP
 from fastwb.functional import *  # noqa: F401,F403  (the names listed in functional.__all__)
 from fastwb.slides import *  # noqa: F401,F403  (the names listed in slides.__all__)
 
@@ -34,4 +35,5 @@ __all__ = [
     "threads",
     "show_config",
     "plan_threads",
+    "MLP",
 ] + functional.__all__ + [n for n in slides.__all__ if n not in functional.__all__]

@@ -135,12 +135,17 @@ class Optimizer:
 
     def step(self, grads):
         """Apply one update to every parameter, in place, from ``grads`` (same order and shapes)."""
-        grads = self._grads(grads)
+        self._apply(self._grads(grads))
+
+    def _apply(self, grads):
+        """The update itself, for flat contiguous gradients already checked
+        (the MLP engine calls this with its own gradient buffer)."""
         self.step_count += 1
         for p, g, state, mask in zip(self.params, grads, self.state, self.masks):
             if p.size:
-                flat = {k: v.reshape(-1) for k, v in state.items()}
-                self._update(p.reshape(-1), g, flat, mask, plan_threads(p.size, self._grain))
+                if p.ndim != 1:
+                    p, state = p.reshape(-1), {k: v.reshape(-1) for k, v in state.items()}
+                self._update(p, g, state, mask, plan_threads(p.size, self._grain))
 
     def _update(self, p, g, state, mask, n_threads):
         raise NotImplementedError
