@@ -32,12 +32,15 @@ import numpy as np
 from fastwb import functional, init, optim, prune, regularization
 from fastwb._validate import float_array, same_dtype
 from fastwb.functional import leaky_relu
+from fastwb.mlp import MLP
+from fastwb.plots import visualize_weights
 
 __all__ = [
     "initialize_weights", "update_parameters", "add_bias_activation", "initialize_layer_weights",
     "MomentumOptimizer", "compute_regularization", "prune_weights", "AdamOptimizer",
     "DynamicPruningOptimizer", "advanced_bias_initialization", "xavier_init",
     "zero_initialization", "random_initialization", "leaky_relu",
+    "MNISTClassifier", "evaluate_model", "visualize_weights", "weight_statistics",
 ]
 
 LAYER_METHODS = ("glorot", "he", "lecun")
@@ -249,3 +252,66 @@ def zero_initialization(shape):
 def random_initialization(shape, low=-0.1, high=0.1, rng=None):
     """The lecture's small random initialisation: U(-0.1, 0.1)."""
     return init.uniform(shape, low, high, _rng(rng))
+
+
+class MNISTClassifier:
+    """The slides' two-layer MNIST classifier (ReLU hidden layer, softmax output,
+    Adam), built on :class:`fastwb.MLP`.
+
+    ``W1, b1, W2, b2`` are views of the engine's parameter buffer; weights
+    start He-normal (``randn * sqrt(2 / fan_in)``), biases at 0.  float64 by
+    default, as the slides compute; ``dtype=np.float32`` for speed.  The
+    optimizer is Adam (lr 0.001): one fused state over both layers, which is
+    exactly one Adam state per layer with one step count each (the slides
+    share one AdamOptimizer between layers of different shapes).  The
+    softmax subtracts the row maximum, and ``backward`` leaves ``probs``
+    untouched (the slides overwrite it).
+    """
+
+    def __init__(self, input_size=784, hidden_size=256, output_size=10, dtype=np.float64, rng=None):
+        self.net = MLP([input_size, hidden_size, output_size], "relu", dtype=dtype, rng=0)
+        r = _rng(rng)
+        for W in self.net.W:
+            W[...] = init.normal(W.shape, math.sqrt(2.0 / W.shape[0]), r)
+        self.net.compile("adam", lr=0.001)
+        self.probs = None
+
+    W1 = property(lambda self: self.net.W[0])
+    b1 = property(lambda self: self.net.b[0])
+    W2 = property(lambda self: self.net.W[1])
+    b2 = property(lambda self: self.net.b[1])
+    optimizer = property(lambda self: self.net.optimizer)
+
+    def _x(self, X):
+        return np.ascontiguousarray(X, dtype=self.net.dtype)
+
+    def forward(self, X):
+        """Class probabilities of each row of X (also kept as ``self.probs``)."""
+        self.probs = self.net.predict_proba(self._x(X))
+        return self.probs
+
+    def backward(self, X, y, batch_size):
+        """Gradients of the mean cross-entropy: ``[(dW1, db1), (dW2, db2)]``."""
+        X = self._x(X)
+        if batch_size != len(X):
+            raise ValueError(f"batch_size={batch_size} but X has {len(X)} rows")
+        _, dW, db = self.net.gradients(X, y)
+        return [(dW[0].copy(), db[0].copy()), (dW[1].copy(), db[1].copy())]
+
+    def train_step(self, X_batch, y_batch):
+        """One Adam step on a batch; returns its mean loss."""
+        return self.net.train_step(self._x(X_batch), y_batch)
+
+
+def evaluate_model(model, X, y):
+    """``(accuracy, predictions)``: argmax of ``model.forward(X)`` against y."""
+    predictions = np.argmax(model.forward(X), axis=1)
+    return float(np.mean(predictions == np.asarray(y))), predictions
+
+
+def weight_statistics(model):
+    """The slides' weight and bias statistics: per layer mean and std of W and b."""
+    Ws = model.net.W if isinstance(model, MNISTClassifier) else model.W
+    bs = model.net.b if isinstance(model, MNISTClassifier) else model.b
+    return [{"layer": i + 1, "W_mean": float(W.mean()), "W_std": float(W.std()), "b_mean": float(b.mean()),
+             "b_std": float(b.std())} for i, (W, b) in enumerate(zip(Ws, bs))]

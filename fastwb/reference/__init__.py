@@ -20,4 +20,5 @@ so they are their own twins (``fastwb.reference.init`` is ``fastwb.init``).
 from fastwb import init  # noqa: F401  (its own twin: no compiled part)
 from fastwb.reference import optim, prune, regularization  # noqa: F401
 from fastwb.reference.functional import *  # noqa: F401,F403
+from fastwb.reference.classifier import MNISTClassifier, evaluate_model  # noqa: F401
 from fastwb.reference.slides import *  # noqa: F401,F403

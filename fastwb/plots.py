@@ -1,0 +1,79 @@
+"""Pictures of weights and biases (matplotlib, an optional extra: ``pip install "fastwb[plots]"``).
+
+Figures are built with ``matplotlib.figure.Figure`` directly, not pyplot, so
+they need no display: ``visualize_weights(model).savefig("weights.png")``
+works on a headless machine.
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ["visualize_weights"]
+
+
+def _layers(model):
+    """(weights, biases) lists of an MLP, an MNISTClassifier or anything with W1/b1, W2/b2."""
+    if hasattr(model, "W") and hasattr(model, "b"):
+        return list(model.W), list(model.b)
+    Ws, bs, i = [], [], 1
+    while hasattr(model, f"W{i}"):
+        Ws.append(getattr(model, f"W{i}"))
+        bs.append(getattr(model, f"b{i}"))
+        i += 1
+    if not Ws:
+        raise TypeError(f"{type(model).__name__} has neither W/b lists nor W1/b1 attributes")
+    return Ws, bs
+
+
+def visualize_weights(model, n_images=25, bins=50):
+    """A matplotlib Figure of a model's weights and biases.
+
+    Top row (the slides' "Weight Visualization Techniques"): the weight
+    distribution of every layer, and the first layer's weights of the first
+    ``n_images`` units drawn as square images (28x28 for MNIST); bottom row
+    (the second deck): the last layer's weight matrix as an image with a
+    colour bar, and the bias distribution of every layer.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError('visualize_weights needs matplotlib: pip install "fastwb[plots]"') from None
+    Ws, bs = _layers(model)
+    fig = Figure(figsize=(15, 10))
+    axes = fig.subplots(2, 2)
+
+    ax = axes[0, 0]
+    for i, W in enumerate(Ws):
+        ax.hist(np.ravel(W), bins=bins, alpha=0.5, density=True, label=f"Layer {i + 1}")
+    ax.set(title="Weight Distributions", xlabel="Weight Value", ylabel="Density")
+    ax.legend()
+
+    ax = axes[0, 1]
+    W0 = np.asarray(Ws[0])
+    side = math.isqrt(W0.shape[0])
+    k = min(n_images, W0.shape[1])
+    grid = math.ceil(math.sqrt(k))
+    if side * side == W0.shape[0] and k:
+        tiles = np.full((grid * grid, side, side), np.nan)
+        tiles[:k] = W0[:, :k].T.reshape(k, side, side)
+        mosaic = tiles.reshape(grid, grid, side, side).transpose(0, 2, 1, 3).reshape(grid * side, grid * side)
+        ax.imshow(mosaic, cmap="viridis")
+        ax.set_title(f"First Layer Weight Patterns ({k} units)")
+    else:
+        ax.imshow(W0, aspect="auto", cmap="viridis")
+        ax.set_title("First Layer Weights")
+    ax.axis("off")
+
+    ax = axes[1, 0]
+    image = ax.imshow(np.asarray(Ws[-1]), aspect="auto", cmap="viridis")
+    fig.colorbar(image, ax=ax)
+    ax.set(title=f"Weight Matrix (layer {len(Ws)})", xlabel="output unit", ylabel="input unit")
+
+    ax = axes[1, 1]
+    for i, b in enumerate(bs):
+        ax.hist(np.ravel(b), bins=20, alpha=0.5, density=True, label=f"Layer {i + 1}")
+    ax.set(title="Bias Distribution", xlabel="Bias Value", ylabel="Density")
+    ax.legend()
+    fig.tight_layout()
+    return fig
