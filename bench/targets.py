@@ -1,7 +1,7 @@
 """Measure the compiled core's benchmark targets, side by side.
 
     python bench/targets.py            # all targets (core kernels, optimizers, pruning)
-    python bench/targets.py --only optim
+    python bench/targets.py --only optim  # or core, train
     python bench/targets.py --grain    # also: 1 vs 2 threads by size
     python bench/targets.py --policy   # also: the GEMM/kernel alternation
                                             # under OMP_WAIT_POLICY=ACTIVE
@@ -156,6 +156,76 @@ def _torch_step(name, n, kw):
     return opt.step
 
 
+def _gemms_of_step(sizes, batch, rng):
+    """The GEMMs one training step of an MLP makes, alone: the yardstick of its cost."""
+    acts = [rng.standard_normal((batch, n)).astype(np.float32) for n in sizes]
+    Ws = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(sizes[:-1], sizes[1:])]
+    gWs = [np.empty_like(W) for W in Ws]
+    outs = [np.empty((batch, n), np.float32) for n in sizes]
+
+    def run():
+        for l, W in enumerate(Ws):
+            np.matmul(acts[l], W, out=outs[l + 1])
+        for l in range(len(Ws) - 1, -1, -1):
+            np.matmul(acts[l].T, acts[l + 1], out=gWs[l])
+            if l:
+                np.matmul(acts[l + 1], Ws[l].T, out=outs[l])
+    return run
+
+
+def _torch_train_step(sizes, batch):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(fastwb.get_num_threads())
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*layers)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    x, y = torch.randn(batch, sizes[0]), torch.randint(0, sizes[-1], (batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        opt.step()
+    return step
+
+
+def training_targets(rng):
+    for sizes, batch, twin_ok in (([784, 256, 10], 128, True), ([16, 32, 32, 4], 32, False)):
+        name = "-".join(map(str, sizes)) + f" batch {batch}"
+        X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+        y = rng.integers(0, sizes[-1], batch)
+        model = fastwb.MLP(sizes, rng=0)
+        contenders = {"fastwb": lambda: model.train_step(X, y), "gemms": _gemms_of_step(sizes, batch, rng)}
+        if twin_ok:
+            twin = R.MNISTClassifier(sizes[0], sizes[1], sizes[2], dtype=np.float32, rng=0)
+            contenders["twin"] = lambda: twin.train_step(X, y)
+        torch_step = _torch_train_step(sizes, batch)
+        if torch_step is not None:
+            contenders["torch"] = torch_step
+        # batches of ~30 ms: consecutive steps, as in training, keep each
+        # contender's parameters and optimizer state warm in cache
+        t = interleaved(contenders, repeats=25, target_s=0.03)
+        fast = np.median(t["fastwb"]) * 1e6
+        if twin_ok:
+            r = median_ratio(t, "twin", "fastwb")
+            report(f"train step {name} f32: twin / fastwb", f"{r:.2f}x ({fast:.0f} us)", ">= 1.5x", r >= 1.5)
+            r = median_ratio(t, "fastwb", "gemms")
+            report(f"train step {name}: fastwb / its GEMMs alone", f"{r:.3f}x ({np.median(t['gemms'])*1e6:.0f} us)",
+                   "<= 1.25x", r <= 1.25)
+        if "torch" in t:
+            r = median_ratio(t, "torch", "fastwb")
+            need = 1.0 if twin_ok else 10.0
+            report(f"train step {name} f32: torch (fused Adam) / fastwb", f"{r:.2f}x ({fast:.0f} us)",
+                   f">= {need:g}x", r >= need)
+
+
 def grain_sweep(rng):
     print("\n1 vs 2 threads (median us per call), float32, serial-threshold calibration")
     for n in (1 << 14, 1 << 16, 1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22):
@@ -172,7 +242,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grain", action="store_true", help="also sweep 1 vs 2 threads by size")
     parser.add_argument("--policy", action="store_true", help="also run the alternation under OMP_WAIT_POLICY=ACTIVE")
-    parser.add_argument("--only", choices=["core", "optim"], help="run one group of targets")
+    parser.add_argument("--only", choices=["core", "optim", "train"], help="run one group of targets")
     parser.add_argument("--alternation-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -201,6 +271,8 @@ def main(argv=None):
         bandwidth_targets(rng, bw)
     if args.only in (None, "optim"):
         optim_targets(rng, bw)
+    if args.only in (None, "train"):
+        training_targets(rng)
     if args.grain:
         grain_sweep(rng)
     missed = [r[0] for r in ROWS if not r[3]]
