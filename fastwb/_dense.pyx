@@ -40,18 +40,24 @@ cdef inline void _accumulate(floating *acc, const floating *v, Py_ssize_t n) noe
         fwb_accumulate_f64(acc, v, n)
 
 
+cdef void bias_act_2d(const floating *z, const floating *b, floating *y, Py_ssize_t n, Py_ssize_t m,
+                      int act, double alpha, int n_threads) noexcept nogil:
+    """y = act(z + b) row by row (b may be NULL), rows spread over n_threads."""
+    cdef Py_ssize_t i
+    for i in prange(n, schedule="static", num_threads=n_threads):
+        _bias_act(z + i * m, b, y + i * m, m, act, alpha)
+
+
 def bias_act_rows(const floating[:, ::1] z,   # IN  (n, m)
                   const floating[::1] b,      # IN  (m,) or None
                   floating[:, ::1] y,         # OUT (n, m), may be z
                   int act, double alpha, int n_threads):
     """y = act(z + b) row by row, rows spread over n_threads."""
-    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
     cdef const floating *bp = NULL
     if b is not None:
         bp = &b[0]
     with nogil:
-        for i in prange(n, schedule="static", num_threads=n_threads):
-            _bias_act(&z[i, 0], bp, &y[i, 0], m, act, alpha)
+        bias_act_2d(&z[0, 0], bp, &y[0, 0], z.shape[0], z.shape[1], act, alpha, n_threads)
 
 
 def act_flat(const floating[::1] z,   # IN  (n,)
@@ -81,38 +87,52 @@ def act_grad_flat(const floating[::1] g,   # IN  (n,) upstream gradient
                 _act_grad(&g[lo], &y[lo], &dz[lo], hi - lo, act, alpha)
 
 
-def act_grad_colsum(const floating[:, ::1] g,   # IN  (n, m) upstream gradient
-                    const floating[:, ::1] y,   # IN  (n, m) activation output
-                    floating[:, ::1] dz,        # OUT (n, m), may be g
-                    floating[::1] gb,           # OUT (m,) column sums of dz
-                    int act, double alpha, int n_threads):
+cdef void act_grad_colsum_2d(const floating *g, const floating *y, floating *dz, floating *gb,
+                             Py_ssize_t n, Py_ssize_t m, int act, double alpha, int n_threads) noexcept nogil:
     """dz = g * act'(y) and gb = dz.sum(axis=0) in one pass.
 
     Threads own disjoint column ranges; inside its range a thread walks the
     rows in order, so every column is summed row 0, 1, 2, ... whatever the
     number of threads (the same order as NumPy's sum over axis 0)."""
-    cdef Py_ssize_t n = g.shape[0], m = g.shape[1], c0, c1, r, t
+    cdef Py_ssize_t c0, c1, r, t
+    for t in prange(n_threads, schedule="static", num_threads=n_threads):
+        c0 = _part(m, t, n_threads)
+        c1 = _part(m, t + 1, n_threads)
+        if c1 > c0:
+            memset(gb + c0, 0, (c1 - c0) * sizeof(floating))
+            for r in range(n):
+                _act_grad(g + r * m + c0, y + r * m + c0, dz + r * m + c0, c1 - c0, act, alpha)
+                _accumulate(gb + c0, dz + r * m + c0, c1 - c0)
+
+
+def act_grad_colsum(const floating[:, ::1] g,   # IN  (n, m) upstream gradient
+                    const floating[:, ::1] y,   # IN  (n, m) activation output
+                    floating[:, ::1] dz,        # OUT (n, m), may be g
+                    floating[::1] gb,           # OUT (m,) column sums of dz
+                    int act, double alpha, int n_threads):
+    """dz = g * act'(y) and gb = dz.sum(axis=0) in one pass (see act_grad_colsum_2d)."""
+    cdef bint rows = g.shape[0] > 0     # no element to point at in an empty block
     with nogil:
-        for t in prange(n_threads, schedule="static", num_threads=n_threads):
-            c0 = _part(m, t, n_threads)
-            c1 = _part(m, t + 1, n_threads)
-            if c1 > c0:
-                memset(&gb[c0], 0, (c1 - c0) * sizeof(floating))
-                for r in range(n):
-                    _act_grad(&g[r, c0], &y[r, c0], &dz[r, c0], c1 - c0, act, alpha)
-                    _accumulate(&gb[c0], &dz[r, c0], c1 - c0)
+        act_grad_colsum_2d(&g[0, 0] if rows else NULL, &y[0, 0] if rows else NULL, &dz[0, 0] if rows else NULL,
+                           &gb[0], g.shape[0], g.shape[1], act, alpha, n_threads)
+
+
+cdef void colsum_2d(const floating *v, floating *out, Py_ssize_t n, Py_ssize_t m, int n_threads) noexcept nogil:
+    """out = v.sum(axis=0), each column summed in row order (see act_grad_colsum_2d)."""
+    cdef Py_ssize_t c0, c1, r, t
+    for t in prange(n_threads, schedule="static", num_threads=n_threads):
+        c0 = _part(m, t, n_threads)
+        c1 = _part(m, t + 1, n_threads)
+        if c1 > c0:
+            memset(out + c0, 0, (c1 - c0) * sizeof(floating))
+            for r in range(n):
+                _accumulate(out + c0, v + r * m + c0, c1 - c0)
 
 
 def colsum(const floating[:, ::1] v,   # IN  (n, m)
            floating[::1] out,          # OUT (m,)
            int n_threads):
-    """out = v.sum(axis=0), each column summed in row order (see act_grad_colsum)."""
-    cdef Py_ssize_t n = v.shape[0], m = v.shape[1], c0, c1, r, t
+    """out = v.sum(axis=0), each column summed in row order."""
+    cdef bint rows = v.shape[0] > 0     # no element to point at in an empty block
     with nogil:
-        for t in prange(n_threads, schedule="static", num_threads=n_threads):
-            c0 = _part(m, t, n_threads)
-            c1 = _part(m, t + 1, n_threads)
-            if c1 > c0:
-                memset(&out[c0], 0, (c1 - c0) * sizeof(floating))
-                for r in range(n):
-                    _accumulate(&out[c0], &v[r, c0], c1 - c0)
+        colsum_2d(&v[0, 0] if rows else NULL, &out[0], v.shape[0], v.shape[1], n_threads)

@@ -61,23 +61,32 @@ def first_bad_label(const Py_ssize_t[::1] labels, Py_ssize_t n_classes):
     return -1
 
 
+cdef double xent_2d(const floating *z, const Py_ssize_t *labels, floating *grad, double *row_loss,
+                    Py_ssize_t n, Py_ssize_t m, int n_threads) noexcept nogil:
+    """Mean cross-entropy of softmax(z) against labels; grad = d(mean loss)/dz.
+    n, m >= 1; row_loss is an (n,) workspace."""
+    cdef Py_ssize_t rb = _rows_per_block(m), blk, r0, r1, i
+    cdef double total = 0.0
+    cdef floating scale = <floating>(1.0 / n)
+    for blk in prange((n + rb - 1) // rb, schedule="static", num_threads=n_threads):
+        r0 = blk * rb
+        r1 = min(r0 + rb, n)
+        if floating is float:
+            fwb_xent_block_f32(z + r0 * m, grad + r0 * m, r1 - r0, m, labels + r0, scale, row_loss + r0)
+        else:
+            fwb_xent_block_f64(z + r0 * m, grad + r0 * m, r1 - r0, m, labels + r0, scale, row_loss + r0)
+    for i in range(n):
+        total += row_loss[i]
+    return total / n
+
+
 def softmax_xent(const floating[:, ::1] z,        # IN  (n, m) logits, n, m >= 1
                  const Py_ssize_t[::1] labels,    # IN  (n,) in [0, m)
                  floating[:, ::1] grad,           # OUT (n, m), may be z
                  double[::1] row_loss,            # OUT (n,) per-row loss (workspace)
                  int n_threads):
     """Mean cross-entropy of softmax(z) against labels; grad = d(mean loss)/dz."""
-    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], rb = _rows_per_block(m), blk, r0, r1, i
-    cdef double total = 0.0
-    cdef floating scale = <floating>(1.0 / n)
+    cdef double loss
     with nogil:
-        for blk in prange((n + rb - 1) // rb, schedule="static", num_threads=n_threads):
-            r0 = blk * rb
-            r1 = min(r0 + rb, n)
-            if floating is float:
-                fwb_xent_block_f32(&z[r0, 0], &grad[r0, 0], r1 - r0, m, &labels[r0], scale, &row_loss[r0])
-            else:
-                fwb_xent_block_f64(&z[r0, 0], &grad[r0, 0], r1 - r0, m, &labels[r0], scale, &row_loss[r0])
-        for i in range(n):
-            total += row_loss[i]
-    return total / n
+        loss = xent_2d(&z[0, 0], &labels[0], &grad[0, 0], &row_loss[0], z.shape[0], z.shape[1], n_threads)
+    return loss
