@@ -29,7 +29,7 @@ import textwrap
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-EXTENSIONS = ["_threads", "_dense", "_losses", "_optim", "_prune"]
+EXTENSIONS = ["_threads", "_dense", "_losses", "_optim", "_prune", "_engine"]
 
 _OMP_PROBE = textwrap.dedent(
     """
@@ -138,6 +138,7 @@ class BuildExt(build_ext):
 
 
 def _extensions():
+    import numpy as np
     from Cython.Build import cythonize
 
     csrc = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
@@ -146,7 +147,7 @@ def _extensions():
         Extension(
             f"fastwb.{name}",
             [f"fastwb/{name}.pyx"],
-            include_dirs=["csrc"],
+            include_dirs=["csrc", np.get_include()],
             depends=headers,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )

@@ -31,7 +31,7 @@ import zipfile
 
 import numpy as np
 
-from fastwb import _dense, _losses, init, optim, prune
+from fastwb import _engine, _losses, init, optim, prune
 from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, plan_threads
 from fastwb._validate import ACTIVATIONS, FLOAT_DTYPES, check_alpha
 
@@ -62,6 +62,8 @@ class _Workspace:
         self.nt_col = [min(plan_threads(batch * n, GRAIN_COMPUTE if c in _EXP else GRAIN_MEMORY), max(1, n // 16))
                        for n, c in zip(sizes[1:], model.codes)]
         self.nt_loss = plan_threads(batch * sizes[-1], GRAIN_COMPUTE)
+        self.plan = _engine.StepPlan(model.W, model.b, model.dW, model.db, self.a, self.dz, self.ga, self.row_loss,
+                                     model.codes, model.alpha, self.nt_act, self.nt_col, self.nt_loss)
 
 
 class MLP:
@@ -190,30 +192,7 @@ class MLP:
         return X, y
 
     def _forward(self, X, ws):
-        inp = X
-        for l in range(self.n_layers):
-            out = ws.a[l]
-            np.matmul(inp, self.W[l], out=out)
-            _dense.bias_act_rows(out, self.b[l], out, self.codes[l], self.alpha, ws.nt_act[l])
-            inp = out
-        return inp
-
-    def _backward(self, X, ws, g, need_input_grad=False):
-        """Backpropagate g = dL/dlogits; fills self.grads (and ws.ga[0] if asked)."""
-        for l in range(self.n_layers - 1, -1, -1):
-            code = self.codes[l]
-            if code == _IDENTITY:
-                dz = g
-                _dense.colsum(dz, self.db[l], ws.nt_col[l])
-            else:
-                dz = ws.dz[l]
-                _dense.act_grad_colsum(g, ws.a[l], dz, self.db[l], code, self.alpha, ws.nt_col[l])
-            inp = X if l == 0 else ws.a[l - 1]
-            np.matmul(inp.T, dz, out=self.dW[l])
-            if l > 0 or need_input_grad:
-                np.matmul(dz, self.W[l].T, out=ws.ga[l])
-                g = ws.ga[l]
-        return g
+        return ws.plan.forward(X)
 
     def _loss(self, logits, y, ws):
         return _losses.softmax_xent(logits, y, ws.dz[-1], ws.row_loss, ws.nt_loss)
@@ -230,9 +209,7 @@ class MLP:
         return self._step(X, y, self._workspace(X.shape[0]))
 
     def _step(self, X, y, ws):
-        logits = self._forward(X, ws)
-        loss = self._loss(logits, y, ws)
-        self._backward(X, ws, ws.dz[-1])
+        loss = ws.plan.gradients(X, y)
         self.optimizer._apply([self.grads])
         return loss
 
@@ -240,21 +217,17 @@ class MLP:
         """Mean loss and the gradients of every parameter (``dW``, ``db`` views
         of ``grads``) for a batch, without updating anything."""
         X, y = self._check_batch(X, y)
-        ws = self._workspace(X.shape[0])
-        loss = self._loss(self._forward(X, ws), y, ws)
-        self._backward(X, ws, ws.dz[-1])
-        return loss, self.dW, self.db
+        return self._workspace(X.shape[0]).plan.gradients(X, y), self.dW, self.db
 
     def input_gradient(self, X, y):
         """Gradient of the mean cross-entropy loss with respect to the inputs X
         (for saliency maps and adversarial examples).  Parameters are not changed."""
         X, y = self._check_batch(X, y)
         ws = self._workspace(X.shape[0])
-        self._loss(self._forward(X, ws), y, ws)
         saved = self.grads.copy()
-        g = self._backward(X, ws, ws.dz[-1], need_input_grad=True)
+        ws.plan.gradients(X, y, input_gradient=True)
         self.grads[...] = saved
-        return g.copy()
+        return ws.ga[0].copy()
 
     # -- inference -------------------------------------------------------------------
     def _batches(self, n, batch_size):
