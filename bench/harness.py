@@ -4,6 +4,11 @@ On a shared, noisy machine two implementations timed one after the other see
 different noise.  Here every repetition times each contender once, in turn,
 and the ratio is taken within the repetition; the reported figure is the
 median of those paired ratios (and the median time of each contender).
+
+The order rotates with every repetition, so that no contender always runs
+right after the same other one: PyTorch's OpenMP threads keep spinning for a
+while after each of its steps, and whoever comes next would otherwise always
+pay for it.
 """
 
 import time
@@ -27,8 +32,11 @@ def interleaved(contenders, repeats=25, target_s=2e-3):
     """
     batch = {name: calls_per_batch(fn, target_s) for name, fn in contenders.items()}
     times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
+    names = list(contenders)
+    for rep in range(repeats):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = contenders[name]
             k = batch[name]
             t0 = time.perf_counter()
             for _ in range(k):
