@@ -73,3 +73,32 @@ def gemm_rate(n=2048, dtype=np.float32, repeats=5):
     c = np.empty_like(a)
     t = interleaved({"gemm": lambda: np.matmul(a, a, out=c)}, repeats=repeats, target_s=0)
     return 2.0 * n ** 3 / float(np.median(t["gemm"]))
+
+
+def torch_train_step(sizes, batch, dtype=np.float32, n_threads=None):
+    """A PyTorch CPU training step of the same MLP (ReLU hidden layers, softmax
+    cross-entropy, Adam with fused=True) at ``n_threads`` threads; None when
+    PyTorch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b, dtype=tdtype))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*layers)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(batch, sizes[0], dtype=tdtype)
+    y = torch.randint(0, sizes[-1], (batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        opt.step()
+    return step

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import copy_bandwidth, gemm_rate, interleaved, median_ratio  # noqa: E402
+from harness import copy_bandwidth, gemm_rate, interleaved, median_ratio, torch_train_step  # noqa: E402
 
 import fastwb  # noqa: E402
 import fastwb.reference as R  # noqa: E402
@@ -173,29 +173,6 @@ def _gemms_of_step(sizes, batch, rng):
     return run
 
 
-def _torch_train_step(sizes, batch):
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(fastwb.get_num_threads())
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*layers)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-    x, y = torch.randn(batch, sizes[0]), torch.randint(0, sizes[-1], (batch,))
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(net(x), y).backward()
-        opt.step()
-    return step
-
-
 def training_targets(rng):
     for sizes, batch, twin_ok in (([784, 256, 10], 128, True), ([16, 32, 32, 4], 32, False)):
         name = "-".join(map(str, sizes)) + f" batch {batch}"
@@ -206,7 +183,7 @@ def training_targets(rng):
         if twin_ok:
             twin = R.MNISTClassifier(sizes[0], sizes[1], sizes[2], dtype=np.float32, rng=0)
             contenders["twin"] = lambda: twin.train_step(X, y)
-        torch_step = _torch_train_step(sizes, batch)
+        torch_step = torch_train_step(sizes, batch, np.float32, fastwb.get_num_threads())
         if torch_step is not None:
             contenders["torch"] = torch_step
         # batches of ~30 ms: consecutive steps, as in training, keep each

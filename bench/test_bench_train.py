@@ -8,10 +8,7 @@ fastwb's thread count, on three models.
 import numpy as np
 import pytest
 
-try:
-    import torch
-except ImportError:  # PyTorch is optional
-    torch = None
+from harness import torch_train_step
 
 import fastwb
 import fastwb.reference as R
@@ -21,27 +18,6 @@ MODELS = {
     "16-32-32-4 b32": ([16, 32, 32, 4], 32),
     "4096-4096-4096-10 b512": ([4096, 4096, 4096, 10], 512),
 }
-
-
-def _torch_step(sizes, batch, dtype):
-    torch.set_num_threads(fastwb.get_num_threads())
-    tdtype = torch.float32 if dtype == np.float32 else torch.float64
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(a, b, dtype=tdtype))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*layers)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-    x = torch.randn(batch, sizes[0], dtype=tdtype)
-    y = torch.randint(0, sizes[-1], (batch,))
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(net(x), y).backward()
-        opt.step()
-    return step
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -64,6 +40,7 @@ def test_train_step(benchmark, impl, model, dtype):
         twin = R.MNISTClassifier(*sizes, dtype=dtype, rng=0)
         benchmark(twin.train_step, X, y)
     else:
-        if torch is None:
+        step = torch_train_step(sizes, batch, dtype, fastwb.get_num_threads())
+        if step is None:
             pytest.skip("PyTorch is not installed")
-        benchmark(_torch_step(sizes, batch, dtype))
+        benchmark(step)
