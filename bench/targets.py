@@ -6,7 +6,7 @@
     python bench/targets.py --policy   # also: the GEMM/kernel alternation
                                             # under OMP_WAIT_POLICY=ACTIVE
 
-Every figure is a median over interleaved repetitions (bench/harness.py);
+Every figure is a median over interleaved repetitions (fastwb/benchmark.py);
 ratios are medians of paired per-repetition ratios.  The machine's copy
 bandwidth is the best of NumPy's copy and fastwb's threaded copy.
 """
@@ -19,13 +19,11 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import copy_bandwidth, gemm_rate, interleaved, median_ratio, torch_train_step  # noqa: E402
-
-import fastwb  # noqa: E402
-import fastwb.reference as R  # noqa: E402
-import fastwb.reference.optim as Ropt  # noqa: E402
-from fastwb import _dense, optim  # noqa: E402
+import fastwb
+import fastwb.reference as R
+import fastwb.reference.optim as Ropt
+from fastwb import _dense, optim
+from fastwb.benchmark import copy_bandwidth, gemm_rate, interleaved, median_ratio, torch_train_step
 
 ROWS = []
 

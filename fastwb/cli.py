@@ -2,6 +2,7 @@
 
     fastwb info                  the build, OpenMP runtime, threads and BLAS
     fastwb train [options]       train an MLP (embedded digits by default) and report
+    fastwb bench [options]       benchmark fastwb against NumPy and PyTorch, side by side
 """
 
 import argparse
@@ -82,6 +83,12 @@ def _cmd_train(args):
     return 0
 
 
+def _cmd_bench(args):
+    from fastwb import benchmark
+
+    return benchmark.main(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="fastwb", description="fastwb: fast CPU kernels for weights and biases")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -109,6 +116,19 @@ def build_parser():
     train.add_argument("--save", metavar="NPZ", help="save the trained model here")
     train.add_argument("--quiet", action="store_true", help="print only the test accuracy")
     train.set_defaults(func=_cmd_train)
+
+    bench = sub.add_parser("bench", help="measure the machine, then time fastwb against NumPy and PyTorch",
+                           description="Measure copy bandwidth and GEMM rate, then time every comparison "
+                                       "interleaved (paired median ratios) and print one table.")
+    bench.add_argument("--quick", action="store_true", help="smaller problems and fewer repetitions (minutes)")
+    bench.add_argument("--threads", type=int, help="fastwb and PyTorch threads (default: all)")
+    bench.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
+    bench.add_argument("--filter", help="only comparisons whose name contains this text (skips the scaling runs)")
+    bench.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    bench.add_argument("--plot", metavar="PNG", help="write the figure (speedups, limits, size and thread scaling)")
+    bench.add_argument("--markdown", metavar="MD", help="write BENCHMARKS.md-style Markdown")
+    bench.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -143,3 +143,20 @@ def test_visualize_weights_png(tmp_path):
         assert [ax.get_title() for ax in fig.axes][:2] == ["Weight Distributions", fig.axes[1].get_title()]
     with pytest.raises(TypeError, match="W1"):
         fastwb.visualize_weights(object())
+
+
+def test_cli_bench_quickest_mode_writes_json_and_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    json_path, png_path, md_path = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "B.md"
+    assert cli.main(["bench", "--quick", "--quiet", "--filter", "softmax CE fwd+bwd 128x10", "--json", str(json_path),
+                     "--plot", str(png_path), "--markdown", str(md_path)]) == 0
+    out = capsys.readouterr().out
+    assert "softmax CE fwd+bwd 128x10" in out and "limits: copy" in out
+    import json
+
+    report = json.loads(json_path.read_text())
+    assert report["machine"]["cores"] >= 1 and report["threads"] >= 1 and report["results"]
+    row = report["results"][0]
+    assert set(row["median_s"]) >= {"fastwb", "numpy"} and row["unit"] == "GB/s"
+    assert png_path.read_bytes()[:4] == b"\x89PNG"
+    assert "| comparison |" in md_path.read_text()

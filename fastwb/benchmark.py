@@ -1,0 +1,582 @@
+"""Side-by-side benchmarks of fastwb against its NumPy twin and PyTorch CPU.
+
+``fastwb bench`` (see :func:`main`) first measures the machine (copy
+bandwidth, large-GEMM rate per dtype), then times every comparison
+interleaved: each repetition runs every contender once, in an order that
+rotates between repetitions (PyTorch's OpenMP threads keep spinning after its
+calls and would otherwise always slow the same neighbour), and ratios are
+medians of the per-repetition ratios.  It prints one table (median time per
+implementation, speedups, and the fraction of the machine limit reached:
+GB/s for memory-bound kernels, GFLOP/s for GEMM-bound steps), and can write
+JSON, a PNG figure (speedups; cost against problem size; time against thread
+count) and BENCHMARKS.md.
+
+PyTorch is imported (when installed) before anything else touches the
+process, and runs at fastwb's thread count.
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["interleaved", "median_ratio", "copy_bandwidth", "gemm_rate", "torch_train_step", "run", "main"]
+
+
+# ---------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------
+
+def calls_per_batch(fn, target_s=2e-3):
+    """How many calls make one timed batch of about target_s seconds."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    dt = max(time.perf_counter() - t0, 1e-7)
+    return max(1, int(target_s / dt))
+
+
+def interleaved(contenders, repeats=25, target_s=2e-3):
+    """Time each callable of ``{name: fn}`` once per repetition, in rotating order.
+
+    Returns ``{name: array of seconds per call, one entry per repetition}``."""
+    batch = {name: calls_per_batch(fn, target_s) for name, fn in contenders.items()}
+    times = {name: [] for name in contenders}
+    names = list(contenders)
+    for rep in range(repeats):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, k = contenders[name], batch[name]
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            times[name].append((time.perf_counter() - t0) / k)
+    return {name: np.array(v) for name, v in times.items()}
+
+
+def median_ratio(times, num, den):
+    """Median over repetitions of times[num] / times[den] (paired)."""
+    return float(np.median(times[num] / times[den]))
+
+
+# ---------------------------------------------------------------------------
+# the machine
+# ---------------------------------------------------------------------------
+
+def copy_bandwidth(n=1 << 24, dtype=np.float32, repeats=15):
+    """Copy bandwidth in bytes/s of NumPy's copy and of fastwb's threaded copy
+    (2 * itemsize bytes moved per element)."""
+    from fastwb import _dense
+    from fastwb._runtime import get_num_threads
+
+    x = np.ones(n, dtype)
+    y = np.zeros(n, dtype)
+    t = interleaved({"numpy": lambda: np.copyto(y, x),
+                     "threads": lambda: _dense.act_flat(x, y, 0, 0.0, get_num_threads())}, repeats=repeats)
+    return {name: 2 * x.nbytes / float(np.median(v)) for name, v in t.items()}
+
+
+def gemm_rate(n=2048, dtype=np.float32, repeats=5):
+    """NumPy's large-GEMM rate in FLOP/s (2 n^3 flops per n x n product)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    c = np.empty_like(a)
+    t = interleaved({"gemm": lambda: np.matmul(a, a, out=c)}, repeats=repeats, target_s=0)
+    return 2.0 * n ** 3 / float(np.median(t["gemm"]))
+
+
+def machine(quick=False):
+    """Machine description and limits: cores, CPU, copy bandwidth, GEMM rates."""
+    import fastwb
+
+    cfg = fastwb._runtime.config()
+    # 16M elements even in quick mode: smaller arrays would measure the caches
+    bw = copy_bandwidth(1 << 24, repeats=7 if quick else 15)
+    gemm_n = 1024 if quick else 2048
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "numpy": np.__version__, "fastwb": cfg["version"], "threads": fastwb.get_num_threads(),
+        "blas": cfg["blas"], "openmp_runtime": cfg["openmp_runtime"], "wait_policy": cfg["wait_policy"],
+        "torch": _torch_version(), "copy_GBps": {k: v / 1e9 for k, v in bw.items()},
+        "best_copy_GBps": max(bw.values()) / 1e9,
+        "gemm_GFLOPs": {"float32": gemm_rate(gemm_n, np.float32) / 1e9, "float64": gemm_rate(gemm_n, np.float64) / 1e9},
+    }
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _torch_version():
+    torch = _torch()
+    return torch.__version__ if torch is not None else None
+
+
+# ---------------------------------------------------------------------------
+# contenders
+# ---------------------------------------------------------------------------
+
+def torch_train_step(sizes, batch, dtype=np.float32, n_threads=None):
+    """A PyTorch CPU training step of the same MLP (ReLU hidden layers, softmax
+    cross-entropy, Adam with fused=True); None when PyTorch is not installed."""
+    torch = _torch()
+    if torch is None:
+        return None
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b, dtype=tdtype))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*layers)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(batch, sizes[0], dtype=tdtype)
+    y = torch.randint(0, sizes[-1], (batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        opt.step()
+    return step
+
+
+def _optimizer_case(name, n, dtype, threads, kw):
+    from fastwb import optim
+    from fastwb.reference import optim as ropt
+
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n).astype(dtype)
+    g = (rng.standard_normal(n) * 0.01).astype(dtype)
+    fast = getattr(optim, name)([p.copy()], **kw)
+    twin = getattr(ropt, name)([p.copy()], **kw)
+    out = {"fastwb": lambda: fast.step([g]), "numpy": lambda: twin.step([g])}
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+        tp = torch.tensor(p, requires_grad=True)
+        tp.grad = torch.tensor(g)
+        topt = (getattr(torch.optim, name)([tp], fused=True, **kw) if name in ("Adam", "AdamW")
+                else getattr(torch.optim, name)([tp], foreach=True, **kw))
+        out["torch"] = topt.step
+    return out
+
+
+def _linear_case(act, dtype, threads, backward):
+    import fastwb
+    import fastwb.reference as R
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128, 784)).astype(dtype)
+    W = (rng.standard_normal((784, 256)) * 0.05).astype(dtype)
+    b = rng.standard_normal(256).astype(dtype)
+    y = np.empty((128, 256), dtype)
+    g = rng.standard_normal((128, 256)).astype(dtype)
+    outs = (np.empty_like(x), np.empty_like(W), np.empty(256, dtype))
+    work = np.empty_like(y)
+
+    def make(mod):
+        if not backward:
+            return lambda: mod.linear(x, W, b, act, 0.01, y)
+
+        def fb():
+            out = mod.linear(x, W, b, act, 0.01, y)
+            mod.linear_backward(g, out, x, W, act, 0.01, True, outs, work)
+        return fb
+    out = {"fastwb": make(fastwb), "numpy": make(R)}
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+        F = torch.nn.functional
+        fn = {"identity": lambda z: z, "relu": F.relu, "leaky_relu": lambda z: F.leaky_relu(z, 0.01),
+              "sigmoid": torch.sigmoid, "tanh": torch.tanh}[act]
+        tx = torch.tensor(x, requires_grad=backward)
+        tW = torch.tensor(W.T.copy(), requires_grad=backward)
+        tb = torch.tensor(b, requires_grad=backward)
+        tg = torch.tensor(g)
+
+        def tstep():
+            z = fn(F.linear(tx, tW, tb))
+            if backward:
+                tx.grad = tW.grad = tb.grad = None
+                z.backward(tg)
+        out["torch"] = tstep
+    return out
+
+
+def _xent_case(n, c, dtype, threads):
+    import fastwb
+    import fastwb.reference as R
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((n, c)).astype(dtype)
+    labels = rng.integers(0, c, n)
+    g1, g2 = np.empty_like(z), np.empty_like(z)
+    out = {"fastwb": lambda: fastwb.softmax_cross_entropy(z, labels, g1),
+           "numpy": lambda: R.softmax_cross_entropy(z, labels, g2)}
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+        tz, tl = torch.tensor(z, requires_grad=True), torch.tensor(labels)
+
+        def tstep():
+            tz.grad = None
+            torch.nn.functional.cross_entropy(tz, tl).backward()
+        out["torch"] = tstep
+    return out
+
+
+def _prune_case(n, dtype, threads, exact):
+    import fastwb
+    import fastwb.reference as R
+
+    w = (np.random.default_rng(0).standard_normal(n) * 0.1).astype(dtype)
+    if exact:
+        out = {"fastwb": lambda: fastwb.prune.l1_unstructured(w, 0.9),
+               "numpy": lambda: R.prune.l1_unstructured(w, 0.9)}
+    else:
+        out = {"fastwb": lambda: fastwb.prune_weights(w, 90), "numpy": lambda: R.prune_weights(w, 90)}
+    torch = _torch()
+    if torch is not None:
+        from torch.nn.utils.prune import L1Unstructured
+
+        torch.set_num_threads(threads)
+        t = torch.tensor(w)
+        ones = torch.ones_like(t)
+        method = L1Unstructured(0.9)
+        out["torch"] = lambda: method.compute_mask(t, ones)
+    return out
+
+
+def _elementwise_case(name, n, dtype, threads):
+    import fastwb
+    import fastwb.reference as R
+
+    x = np.random.default_rng(0).standard_normal(n).astype(dtype)
+    y1, y2 = np.empty_like(x), np.empty_like(x)
+    out = {"fastwb": lambda: getattr(fastwb, name)(x, out=y1), "numpy": lambda: getattr(R, name)(x, out=y2)}
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+        tx, ty = torch.tensor(x), torch.empty(n, dtype=torch.float32 if np.dtype(dtype) == np.float32 else torch.float64)
+        if name == "relu":     # torch.relu has no out=; clamp_min is the same operation
+            out["torch"] = lambda: torch.clamp_min(tx, 0.0, out=ty)
+        else:
+            fn = getattr(torch, name)
+            out["torch"] = lambda: fn(tx, out=ty)
+    return out
+
+
+def _train_case(sizes, batch, dtype, threads):
+    import fastwb
+    import fastwb.reference as R
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((batch, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], batch)
+    model = fastwb.MLP(sizes, dtype=dtype, rng=0)
+    out = {"fastwb": lambda: model.train_step(X, y)}
+    if len(sizes) == 3:
+        twin = R.MNISTClassifier(*sizes, dtype=dtype, rng=0)
+        out["numpy"] = lambda: twin.train_step(X, y)
+    step = torch_train_step(sizes, batch, dtype, threads)
+    if step is not None:
+        out["torch"] = step
+    return out
+
+
+def _train_flops(sizes, batch):
+    """FLOPs of a training step's GEMMs: forward 2*b*i*o per layer, backward twice that
+    (less the first layer's input gradient)."""
+    f = sum(2 * batch * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return 3 * f - 2 * batch * sizes[0] * sizes[1]
+
+
+def cases(quick, dtypes):
+    """The comparisons: (name, dtype, builder(threads) -> contenders, limit kind, work per call)."""
+    big = 1 << (20 if quick else 24)
+    out = []
+    for dt in dtypes:
+        size = np.dtype(dt).itemsize
+        for name, kw, nbytes in (("Adam", {"lr": 1e-3}, 7), ("AdamW", {"lr": 1e-3}, 7),
+                                 ("SGD", {"lr": 1e-3, "momentum": 0.9}, 5), ("RMSprop", {"lr": 1e-3}, 5)):
+            label = "SGD-momentum" if name == "SGD" else name
+            out.append((f"{label} step {big >> 20}M", dt, lambda t, n=name, k=kw, d=dt: _optimizer_case(n, big, d, t, k),
+                        "GB/s", nbytes * size * big))
+        for fn in ("relu", "sigmoid", "tanh"):
+            out.append((f"{fn} {big >> 20}M", dt, lambda t, f=fn, d=dt: _elementwise_case(f, big, d, t), "GB/s",
+                        2 * size * big))
+        for act in ("identity", "relu", "leaky_relu", "sigmoid", "tanh"):
+            for backward in (False, True):
+                label = f"linear {'fwd+bwd' if backward else 'fwd'} {act} 128x784x256"
+                flops = 2 * 128 * 784 * 256 * (3 if backward else 1)
+                out.append((label, dt, lambda t, a=act, d=dt, bw=backward: _linear_case(a, d, t, bw), "GFLOP/s", flops))
+        for n, c in ((128, 10), (4096, 1000)):
+            out.append((f"softmax CE fwd+bwd {n}x{c}", dt, lambda t, n=n, c=c, d=dt: _xent_case(n, c, d, t),
+                        "GB/s", 2 * n * c * size))
+        # nominal traffic of one pass (read w; write pruned weights and a byte mask / the mask)
+        out.append((f"prune_weights p90 {big >> 20}M", dt, lambda t, d=dt: _prune_case(big, d, t, False), "GB/s",
+                    (2 * size + 1) * big))
+        out.append((f"exact-k prune 90% {big >> 20}M", dt, lambda t, d=dt: _prune_case(big, d, t, True), "GB/s",
+                    (size + 1) * big))
+        models = [([784, 256, 10], 128), ([16, 32, 32, 4], 32)]
+        if not quick and np.dtype(dt) == np.float32:
+            models.append(([4096, 4096, 4096, 10], 512))
+        for sizes, batch in models:
+            out.append((f"train step {'-'.join(map(str, sizes))} b{batch}", dt,
+                        lambda t, s=sizes, b=batch, d=dt: _train_case(s, b, d, t), "GFLOP/s", _train_flops(sizes, batch)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# running
+# ---------------------------------------------------------------------------
+
+def _once(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(quick=False, threads=None, dtypes=("float32",), name_filter=None, progress=True):
+    """Run the comparisons; returns the report dict (machine, results, scaling)."""
+    import fastwb
+
+    if threads:
+        fastwb.set_num_threads(threads)
+    threads = fastwb.get_num_threads()
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+    say("measuring the machine ...")
+    info = machine(quick)
+    results = []
+    todo = [c for c in cases(quick, dtypes) if not name_filter or name_filter.lower() in c[0].lower()]
+    for i, (name, dt, build, kind, work) in enumerate(todo):
+        say(f"[{i + 1}/{len(todo)}] {name} {dt}")
+        contenders = build(threads)
+        # repetitions within a time budget per comparison (a slow twin sets the pace)
+        one = sum(_once(fn) for fn in contenders.values())
+        repeats = int(np.clip((4.0 if quick else 20.0) / max(one, 1e-9), 3, 7 if quick else 15))
+        t = interleaved(contenders, repeats=repeats, target_s=2e-3 if quick else 1e-2)
+        med = {k: float(np.median(v)) for k, v in t.items()}
+        rate = work / med["fastwb"] / 1e9
+        limit = info["best_copy_GBps"] if kind == "GB/s" else info["gemm_GFLOPs"][dt]
+        results.append({
+            "name": name, "dtype": dt, "median_s": med,
+            "speedup": {k: median_ratio(t, k, "fastwb") for k in t if k != "fastwb"},
+            "rate": rate, "unit": kind, "fraction_of_limit": rate / limit,
+        })
+    scaling = size_scaling(quick, say) if not name_filter else {}
+    thread_curve = thread_scaling(quick, say) if not name_filter else {}
+    return {"machine": info, "threads": threads, "quick": quick, "results": results, "size_scaling": scaling,
+            "thread_scaling": thread_curve, "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def size_scaling(quick, say):
+    """Seconds per call of a few kernels from 1K to 64M elements (to 1M in quick mode)."""
+    import fastwb
+    from fastwb import optim
+
+    top = 20 if quick else 26
+    sizes = [1 << k for k in range(10, top + 1, 2)]
+    curves = {"Adam step": [], "SGD-momentum step": [], "relu": [], "sigmoid": [], "prune_weights p90": []}
+    for n in sizes:
+        say(f"scaling: {n} elements")
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(n).astype(np.float32)
+        g = (x * 0.01).astype(np.float32)
+        y = np.empty_like(x)
+        adam, sgd = optim.Adam([x.copy()]), optim.SGD([x.copy()], momentum=0.9)
+        fns = {"Adam step": lambda: adam.step([g]), "SGD-momentum step": lambda: sgd.step([g]),
+               "relu": lambda: fastwb.relu(x, out=y), "sigmoid": lambda: fastwb.sigmoid(x, out=y),
+               "prune_weights p90": lambda: fastwb.prune_weights(x, 90)}
+        t = interleaved(fns, repeats=3 if quick else 5)
+        for k, v in t.items():
+            curves[k].append(float(np.median(v)))
+    return {"sizes": sizes, "seconds": curves}
+
+
+def thread_scaling(quick, say):
+    """Seconds per call at 1, 2, 4, ... threads up to this machine's cores."""
+    import fastwb
+
+    cores = os.cpu_count() or 1
+    counts = [t for t in (1, 2, 4, 8, 16) if t <= cores]
+    n = 1 << (20 if quick else 24)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(n).astype(np.float32)
+    y = np.empty_like(x)
+    from fastwb import optim
+
+    adam = optim.Adam([x.copy()])
+    g = x * 0.01
+    X = rng.standard_normal((128, 784)).astype(np.float32)
+    labels = rng.integers(0, 10, 128)
+    model = fastwb.MLP([784, 256, 10], rng=0)
+    work = {f"Adam step {n >> 20}M": lambda: adam.step([g]), f"sigmoid {n >> 20}M": lambda: fastwb.sigmoid(x, out=y),
+            "train step 784-256-10 b128": lambda: model.train_step(X, labels)}
+    before = fastwb.get_num_threads()
+
+    def at(t, fn):
+        def call():
+            fastwb.set_num_threads(t)
+            fn()
+        return call
+
+    # every (workload, thread count) pair is one contender, so all are interleaved
+    say(f"thread scaling at {counts} threads")
+    times = interleaved({(k, t): at(t, fn) for k, fn in work.items() for t in counts}, repeats=3 if quick else 7)
+    fastwb.set_num_threads(before)
+    curves = {k: [float(np.median(times[(k, t)])) for t in counts] for k in work}
+    return {"threads": counts, "seconds": curves, "cores": cores}
+
+
+# ---------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------
+
+def _fmt_time(s):
+    return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"
+
+
+def table(report):
+    """The results as text rows (one per comparison)."""
+    lines = [f"{'comparison':<42} {'dtype':<8} {'fastwb':>10} {'numpy':>10} {'torch':>10} "
+             f"{'x numpy':>8} {'x torch':>8} {'rate':>16} {'of limit':>8}"]
+    for r in report["results"]:
+        m, s = r["median_s"], r["speedup"]
+        times = [_fmt_time(m[k]) if k in m else "-" for k in ("numpy", "torch")]
+        ratios = [f"{s[k]:.2f}x" if k in s else "-" for k in ("numpy", "torch")]
+        lines.append(f"{r['name']:<42} {r['dtype']:<8} {_fmt_time(m['fastwb']):>10} {times[0]:>10} {times[1]:>10} "
+                     f"{ratios[0]:>8} {ratios[1]:>8} {r['rate']:>9.1f} {r['unit']:<6} "
+                     f"{100 * r['fraction_of_limit']:>7.0f}%")
+    return lines
+
+
+def machine_lines(report):
+    m = report["machine"]
+    blas = m["blas"] or {}
+    return [
+        f"machine: {m['cpu']}, {m['cores']} cores; {m['platform']}",
+        f"fastwb {m['fastwb']}, NumPy {m['numpy']} ({blas.get('internal_api')} {blas.get('version')}), "
+        f"PyTorch {m['torch'] or 'not installed'}, {report['threads']} threads, OpenMP wait policy: {m['wait_policy']}",
+        f"limits: copy {m['best_copy_GBps']:.1f} GB/s (NumPy {m['copy_GBps']['numpy']:.1f}, fastwb threaded "
+        f"{m['copy_GBps']['threads']:.1f}); GEMM float32 {m['gemm_GFLOPs']['float32']:.0f} GFLOP/s, "
+        f"float64 {m['gemm_GFLOPs']['float64']:.0f} GFLOP/s",
+    ]
+
+
+def figure(report):
+    """A matplotlib Figure: speedups per comparison, cost against size, time against threads."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 11))
+    axes = fig.subplots(2, 2)
+    ax = axes[0, 0]
+    res = report["results"]
+    labels = [f"{r['name']} ({r['dtype'][5:]})" for r in res]
+    ypos = np.arange(len(res))
+    for i, impl in enumerate(("numpy", "torch")):
+        vals = [r["speedup"].get(impl, np.nan) for r in res]
+        ax.barh(ypos + 0.4 * i, vals, height=0.4, label=f"vs {impl}")
+    ax.axvline(1, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(ypos + 0.2, labels, fontsize=6)
+    ax.set(title="fastwb speedup (median of paired ratios; >1 = fastwb faster)", xlabel="speedup")
+    ax.legend()
+    ax = axes[0, 1]
+    ax.barh(ypos, [100 * r["fraction_of_limit"] for r in res])
+    ax.set_yticks(ypos, labels, fontsize=6)
+    ax.set(title="share of the machine limit (copy GB/s or GEMM GFLOP/s)", xlabel="%")
+    ax = axes[1, 0]
+    sc = report.get("size_scaling") or {}
+    for name, secs in sc.get("seconds", {}).items():
+        ax.loglog(sc["sizes"], secs, marker="o", label=name)
+    ax.set(title="cost against problem size (float32)", xlabel="elements", ylabel="seconds per call")
+    if sc:
+        ax.legend(fontsize=7)
+    ax = axes[1, 1]
+    th = report.get("thread_scaling") or {}
+    for name, secs in th.get("seconds", {}).items():
+        ax.plot(th["threads"], secs, marker="o", label=name)
+    ax.set(title=f"time against thread count ({th.get('cores', '?')}-core machine)", xlabel="threads",
+           ylabel="seconds per call")
+    if th:
+        ax.legend(fontsize=7)
+    fig.suptitle(machine_lines(report)[0], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def markdown(report, plot_name=None):
+    """BENCHMARKS.md text for a report."""
+    out = ["# fastwb benchmarks", "",
+           "Generated by `fastwb bench --markdown BENCHMARKS.md --plot benchmarks.png` on the machine below "
+           f"({report['when']}); do not edit by hand.", "",
+           "How to run: `pip install \".[bench]\"` (and optionally `torch==2.13.0`), then `fastwb bench` "
+           "(`--quick` for a few minutes, `--filter`, `--dtype`, `--threads`, `--json`, `--plot`); the "
+           "pytest-benchmark suites: `pytest bench/ --benchmark-only`; the projects' targets: "
+           "`python bench/targets.py`.", "", "## Machine", ""]
+    out += [f"- {line}" for line in machine_lines(report)]
+    out += ["", "## Comparisons", "",
+            "Median time per call; speedups are medians of paired, interleaved ratios (>1: fastwb faster); "
+            "rate and share of the machine limit (copy bandwidth for memory-bound kernels, large-GEMM rate for "
+            "GEMM-bound steps).", "",
+            "| comparison | dtype | fastwb | NumPy | PyTorch | vs NumPy | vs PyTorch | rate | of limit |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        m, s = r["median_s"], r["speedup"]
+        cells = [r["name"], r["dtype"], _fmt_time(m["fastwb"])]
+        cells += [_fmt_time(m[k]) if k in m else "-" for k in ("numpy", "torch")]
+        cells += [f"{s[k]:.2f}x" if k in s else "-" for k in ("numpy", "torch")]
+        cells += [f"{r['rate']:.1f} {r['unit']}", f"{100 * r['fraction_of_limit']:.0f}%"]
+        out.append("| " + " | ".join(cells) + " |")
+    th = report.get("thread_scaling") or {}
+    if th:
+        out += ["", f"## Thread scaling ({th['cores']}-core machine above)", "",
+                "| workload | " + " | ".join(f"{t} threads" for t in th["threads"]) + " |",
+                "|---|" + "---|" * len(th["threads"])]
+        for name, secs in th["seconds"].items():
+            out.append(f"| {name} | " + " | ".join(_fmt_time(s) for s in secs) + " |")
+    sc = report.get("size_scaling") or {}
+    if sc:
+        out += ["", "## Cost against problem size (float32, seconds per call)", "",
+                "| elements | " + " | ".join(sc["seconds"]) + " |", "|---|" + "---|" * len(sc["seconds"])]
+        for i, n in enumerate(sc["sizes"]):
+            out.append(f"| {n:,} | " + " | ".join(_fmt_time(v[i]) for v in sc["seconds"].values()) + " |")
+    if plot_name:
+        out += ["", f"![speedups, limits, scaling]({plot_name})"]
+    return "\n".join(out) + "\n"
+
+
+def main(args):
+    """``fastwb bench``: argparse namespace from fastwb.cli."""
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    report = run(args.quick, args.threads, dtypes, args.filter, progress=not args.quiet)
+    for line in machine_lines(report) + [""] + table(report):
+        print(line)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1, default=str)
+        print(f"wrote {args.json}")
+    if args.plot:
+        figure(report).savefig(args.plot, dpi=90)
+        print(f"wrote {args.plot}")
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(markdown(report, os.path.basename(args.plot) if args.plot else None))
+        print(f"wrote {args.markdown}")
+    return 0
