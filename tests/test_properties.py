@@ -31,7 +31,9 @@ def test_elementwise_matches_twin(x, name):
         got = getattr(fastwb, name)(x)
         close(got, expected, x.dtype)
         g = np.ones_like(x)
-        close(getattr(fastwb, name + "_backward")(g, got), getattr(R, name + "_backward")(g, expected), x.dtype)
+        # both backward passes from the same y: their own forward outputs may differ by an ulp,
+        # which 1 - y^2 or y (1 - y) would amplify
+        close(getattr(fastwb, name + "_backward")(g, expected), getattr(R, name + "_backward")(g, expected), x.dtype)
 
 
 @given(arrays(min_dims=1, allow_special=False))
