@@ -266,19 +266,19 @@ def softmax_backward(grad_y, y, out=None):
     return dz
 
 
-def _labels(labels, n, n_classes):
+def class_labels(labels, n, n_classes, name="labels"):
+    """``labels`` as a C-contiguous intp array of n class indices in [0, n_classes),
+    or a clear TypeError / ValueError naming ``name``."""
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        raise TypeError(f"{name} must be integer class indices, got dtype {labels.dtype}")
     if labels.shape != (n,):
-        raise ValueError(f"labels has shape {labels.shape}, expected ({n},): one class index per row of logits")
-    labels = np.ascontiguousarray(labels, dtype=np.intp)
+        raise ValueError(f"{name} has shape {labels.shape}, expected ({n},): one class index per row")
+    if labels.dtype != np.intp or not labels.flags.c_contiguous:
+        labels = np.ascontiguousarray(labels, dtype=np.intp)
     bad = _losses.first_bad_label(labels, n_classes)
     if bad >= 0:
-        raise ValueError(
-            f"labels[{bad}] = {labels[bad]} is not a class index in [0, {n_classes}) "
-            f"for logits with {n_classes} columns"
-        )
+        raise ValueError(f"{name}[{bad}] = {labels[bad]} is not a class index in [0, {n_classes})")
     return labels
 
 
@@ -298,7 +298,7 @@ def softmax_cross_entropy(logits, labels, out=None):
     """
     z = float_array("logits", logits, ndim=2)
     n, c = z.shape
-    labels = _labels(labels, n, c)
+    labels = class_labels(labels, n, c)
     grad = out_array("out", out, z.shape, z.dtype)
     z = unaliased(z, grad)
     if n == 0:

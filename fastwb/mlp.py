@@ -34,6 +34,7 @@ import numpy as np
 from fastwb import _engine, _losses, init, optim, prune
 from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, plan_threads
 from fastwb._validate import ACTIVATIONS, FLOAT_DTYPES, check_alpha
+from fastwb.functional import class_labels
 
 __all__ = ["MLP"]
 
@@ -179,17 +180,7 @@ class MLP:
             X = np.ascontiguousarray(X)
         if y is None:
             return X, None
-        y = np.asarray(y)
-        if y.dtype.kind not in "iu":
-            raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
-        if y.shape != (X.shape[0],):
-            raise ValueError(f"y has shape {y.shape}, expected ({X.shape[0]},) to match X")
-        if y.dtype != np.intp or not y.flags.c_contiguous:
-            y = np.ascontiguousarray(y, dtype=np.intp)
-        bad = _losses.first_bad_label(y, self.layer_sizes[-1])
-        if bad >= 0:
-            raise ValueError(f"y[{bad}] = {y[bad]} is not a class index in [0, {self.layer_sizes[-1]})")
-        return X, y
+        return X, class_labels(y, X.shape[0], self.layer_sizes[-1], "y")
 
     def _forward(self, X, ws):
         return ws.plan.forward(X)

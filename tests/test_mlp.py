@@ -187,7 +187,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, rng):
     (lambda: fastwb.MLP([3, 2]).train_step(np.ones((2, 3)), [0, 1]), TypeError, "float64 but the model is float32"),
     (lambda: fastwb.MLP([3, 2]).train_step(np.ones((2, 4), np.float32), [0, 1]), ValueError, r"shape \(n, 3\)"),
     (lambda: fastwb.MLP([3, 2]).train_step(np.ones((2, 3), np.float32), [0, 2]), ValueError, r"y\[1\] = 2"),
-    (lambda: fastwb.MLP([3, 2]).train_step(np.ones((2, 3), np.float32), [0.0, 1.0]), TypeError, "integer class labels"),
+    (lambda: fastwb.MLP([3, 2]).train_step(np.ones((2, 3), np.float32), [0.0, 1.0]), TypeError, "y must be integer class indices"),
     (lambda: fastwb.MLP([3, 2]).fit(np.ones((2, 3), np.float32), [0, 1], batch_size=0), ValueError, "batch_size"),
     (lambda: fastwb.MLP([3, 2]).fit(np.ones((2, 3), np.float32), [0, 1], prune_schedule=1.5), ValueError, "final sparsity"),
     (lambda: fastwb.MLP([3, 2]).compile(fastwb.optim.Adam([np.zeros(3, np.float32)])), ValueError, "model.params"),
