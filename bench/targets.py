@@ -23,7 +23,7 @@ import fastwb
 import fastwb.reference as R
 import fastwb.reference.optim as Ropt
 from fastwb import _dense, optim
-from fastwb.benchmark import copy_bandwidth, gemm_rate, interleaved, median_ratio, torch_train_step
+from fastwb.benchmark import copy_bandwidth, gemm_rate, interleaved, median_ratio, step_gemms, torch_train_step
 
 ROWS = []
 
@@ -154,30 +154,13 @@ def _torch_step(name, n, kw):
     return opt.step
 
 
-def _gemms_of_step(sizes, batch, rng):
-    """The GEMMs one training step of an MLP makes, alone: the yardstick of its cost."""
-    acts = [rng.standard_normal((batch, n)).astype(np.float32) for n in sizes]
-    Ws = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(sizes[:-1], sizes[1:])]
-    gWs = [np.empty_like(W) for W in Ws]
-    outs = [np.empty((batch, n), np.float32) for n in sizes]
-
-    def run():
-        for l, W in enumerate(Ws):
-            np.matmul(acts[l], W, out=outs[l + 1])
-        for l in range(len(Ws) - 1, -1, -1):
-            np.matmul(acts[l].T, acts[l + 1], out=gWs[l])
-            if l:
-                np.matmul(acts[l + 1], Ws[l].T, out=outs[l])
-    return run
-
-
 def training_targets(rng):
     for sizes, batch, twin_ok in (([784, 256, 10], 128, True), ([16, 32, 32, 4], 32, False)):
         name = "-".join(map(str, sizes)) + f" batch {batch}"
         X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
         y = rng.integers(0, sizes[-1], batch)
         model = fastwb.MLP(sizes, rng=0)
-        contenders = {"fastwb": lambda: model.train_step(X, y), "gemms": _gemms_of_step(sizes, batch, rng)}
+        contenders = {"fastwb": lambda: model.train_step(X, y), "gemms": step_gemms(sizes, batch)}
         if twin_ok:
             twin = R.MNISTClassifier(sizes[0], sizes[1], sizes[2], dtype=np.float32, rng=0)
             contenders["twin"] = lambda: twin.train_step(X, y)

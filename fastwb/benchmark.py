@@ -30,7 +30,8 @@ import time
 
 import numpy as np
 
-__all__ = ["interleaved", "median_ratio", "copy_bandwidth", "gemm_rate", "torch_train_step", "run", "main"]
+__all__ = ["interleaved", "median_ratio", "copy_bandwidth", "gemm_rate", "torch_train_step", "step_gemms", "run",
+           "main"]
 
 
 # ---------------------------------------------------------------------------
@@ -296,7 +297,7 @@ def _train_case(sizes, batch, dtype, threads):
     X = rng.standard_normal((batch, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], batch)
     model = fastwb.MLP(sizes, dtype=dtype, rng=0)
-    out = {"fastwb": lambda: model.train_step(X, y), "gemms": _step_gemms(sizes, batch, dtype)}
+    out = {"fastwb": lambda: model.train_step(X, y), "gemms": step_gemms(sizes, batch, dtype)}
     if len(sizes) == 3:
         twin = R.MNISTClassifier(*sizes, dtype=dtype, rng=0)
         out["numpy"] = lambda: twin.train_step(X, y)
@@ -306,7 +307,7 @@ def _train_case(sizes, batch, dtype, threads):
     return out
 
 
-def _step_gemms(sizes, batch, dtype):
+def step_gemms(sizes, batch, dtype=np.float32):
     """The GEMMs one training step of the MLP makes, alone: the yardstick of its cost."""
     rng = np.random.default_rng(1)
     acts = [rng.standard_normal((batch, n)).astype(dtype) for n in sizes]
@@ -588,9 +589,10 @@ print(json.dumps(out))
 """
 
 
-def own_processes(quick, threads, say, rounds=3):
+def own_processes(quick, threads, say, rounds=5):
     """PyTorch and fastwb each alone in a fresh interpreter (PyTorch imported
-    first, with its own OpenMP defaults), alternating, ``rounds`` times;
+    first, with its own OpenMP defaults), alternating, ``rounds`` times (a
+    process's GEMM speed varies on a shared host, so single rounds mislead);
     median seconds per workload.  None without PyTorch."""
     import subprocess
 
@@ -695,7 +697,7 @@ def markdown(report, plot_name=None):
                 "PyTorch's CPU wheel shares the system OpenMP runtime with fastwb, so in the comparisons above "
                 "it runs under fastwb's passive wait policy, which slows its small parallel regions. Here each "
                 "runs alone in a fresh interpreter, PyTorch imported first with its own defaults, alternating "
-                "three times (medians); the PyTorch targets below use these figures.", "",
+                "five times (medians); the PyTorch targets below use these figures.", "",
                 "| workload | fastwb | PyTorch | PyTorch / fastwb |", "|---|---|---|---|"]
         for k, v in alone["fastwb"].items():
             out.append(f"| {k} | {_fmt_time(v)} | {_fmt_time(alone['torch'][k])} | {alone['torch'][k] / v:.2f}x |")
