@@ -595,6 +595,7 @@ def own_processes(quick, threads, say, rounds=5):
     process's GEMM speed varies on a shared host, so single rounds mislead);
     median seconds per workload.  None without PyTorch."""
     import subprocess
+    import tempfile
 
     if _torch() is None:
         return None
@@ -602,8 +603,9 @@ def own_processes(quick, threads, say, rounds=5):
     for r in range(rounds):
         for which in ("torch", "fastwb"):
             say(f"own process: {which} ({r + 1}/{rounds})")
+            # from a neutral folder: "python -c" in a source checkout would import its uncompiled tree
             done = subprocess.run([sys.executable, "-c", _ALONE, which, "1" if quick else "0", str(threads)],
-                                  capture_output=True, text=True, timeout=600)
+                                  capture_output=True, text=True, timeout=600, cwd=tempfile.gettempdir())
             if done.returncode == 0:
                 runs[which].append(json.loads(done.stdout.strip().splitlines()[-1]))
     if not runs["torch"] or not runs["fastwb"]:

@@ -4,17 +4,24 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 import fastwb
 
 
+# Subprocesses run outside the repository: from its root, "python -c" and
+# "python -m" would import the uncompiled source tree instead of the install.
+NEUTRAL = tempfile.gettempdir()
+
+
 def _python(code, **env):
     """Run code in a fresh interpreter with extra environment variables; return stdout."""
     full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
     full.update(env)
-    done = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120,
+                          cwd=NEUTRAL)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -45,11 +52,13 @@ def test_show_config_prints_and_returns(capsys):
 
 
 def test_cli_info():
-    out = subprocess.run([sys.executable, "-m", "fastwb", "info", "--json"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "fastwb", "info", "--json"], capture_output=True, text=True,
+                         timeout=120, cwd=NEUTRAL)
     assert out.returncode == 0, out.stderr
     cfg = json.loads(out.stdout)
     assert cfg["version"] == fastwb.__version__
-    plain = subprocess.run([sys.executable, "-m", "fastwb", "info"], capture_output=True, text=True, timeout=120)
+    plain = subprocess.run([sys.executable, "-m", "fastwb", "info"], capture_output=True, text=True, timeout=120,
+                           cwd=NEUTRAL)
     assert "wait_policy" in plain.stdout
 
 
