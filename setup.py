@@ -10,7 +10,7 @@ Everything about *how* the extensions are compiled lives here, once:
 * compiler flags: ``-O3 -fno-math-errno -fno-trapping-math -ffp-contract=off``
   (exactly rounded IEEE results, no fused multiply-add, branch-free clamps
   that vectorise; FP exception flags are not observed), never
-  ``-ffast-math`` (NaN and Inf must behave as in NumPy), ``-march=native`` only
+  GCC's fast-math mode (NaN and Inf must behave as in NumPy), ``-march=native`` only
   when ``FASTWB_NATIVE=1`` asks for it;
 * the Cython directives; ``FASTWB_DEBUG=1`` turns bounds checking back on.
 

@@ -2,7 +2,7 @@
  *
  * GCC vectorises a loop only when every call in it is inlined and free of
  * branches; glibc's expf/exp are neither (and libmvec is only used under
- * -ffast-math, which fastwb never uses).  These functions are written so that
+ * fast-math mode, which fastwb never uses).  These functions are written so that
  * a loop calling them compiles to SIMD code, and every operation they use is
  * an exactly rounded IEEE operation, so the scalar remainder of a loop and
  * its vector body give bitwise identical results (build with
