@@ -21,9 +21,9 @@ import numpy as np
 
 import fastwb
 import fastwb.reference as R
-import fastwb.reference.optim as Ropt
-from fastwb import _dense, optim
-from fastwb.benchmark import copy_bandwidth, gemm_rate, interleaved, median_ratio, step_gemms, torch_train_step
+from fastwb import _dense
+from fastwb.benchmark import (copy_bandwidth, gemm_rate, interleaved, median_ratio, optimizer_contenders, step_gemms,
+                              torch_train_step)
 
 ROWS = []
 
@@ -104,34 +104,20 @@ def bandwidth_targets(rng, bw):
         report(f"{name} 16M f32: twin / fastwb", f"{median_ratio(t, 'twin', 'fastwb'):.2f}x", "", True)
 
 
-def _optimizer_pair(cls_name, n, rng, **kw):
-    p = rng.standard_normal(n).astype(np.float32)
-    g = (rng.standard_normal(n) * 0.01).astype(np.float32)
-    fast_p, twin_p = p.copy(), p.copy()
-    fast = getattr(optim, cls_name)([fast_p], **kw)
-    twin = getattr(Ropt, cls_name)([twin_p], **kw)
-    return (lambda: fast.step([g])), (lambda: twin.step([g]))
-
-
 def optim_targets(rng, bw):
     best = max(bw.values())
-    fast, twin = _optimizer_pair("Adam", 1 << 20, rng, lr=1e-3)
-    t = interleaved({"fastwb": fast, "twin": twin}, repeats=25)
-    r = median_ratio(t, "twin", "fastwb")
+    one_m = optimizer_contenders("Adam", 1 << 20, np.float32, fastwb.get_num_threads(), {"lr": 1e-3})
+    t = interleaved({k: one_m[k] for k in ("fastwb", "numpy")}, repeats=25)
+    r = median_ratio(t, "numpy", "fastwb")
     report("Adam step 1M f32: twin / fastwb", f"{r:.1f}x ({np.median(t['fastwb'])*1e6:.0f} us)", ">= 8x", r >= 8)
     n = 1 << 24
     for name, kw, nbytes in (("Adam", {"lr": 1e-3}, 28), ("SGD", {"lr": 1e-3, "momentum": 0.9}, 20)):
-        fast, twin = _optimizer_pair(name, n, rng, **kw)
-        contenders = {"fastwb": fast, "twin": twin}
-        torch_step = _torch_step(name, n, kw)
-        if torch_step is not None:
-            contenders["torch"] = torch_step
-        t = interleaved(contenders, repeats=9)
+        t = interleaved(optimizer_contenders(name, n, np.float32, fastwb.get_num_threads(), kw), repeats=9)
         rate = nbytes * n / float(np.median(t["fastwb"]))
         label = "Adam" if name == "Adam" else "SGD momentum"
         report(f"{label} step 16M f32: GB/s at {nbytes} B/elem, share of copy", f"{rate/1e9:.1f} GB/s = {100*rate/best:.0f}%",
                ">= 70%", rate >= 0.7 * best)
-        report(f"{label} step 16M f32: twin / fastwb", f"{median_ratio(t, 'twin', 'fastwb'):.1f}x", "", True)
+        report(f"{label} step 16M f32: twin / fastwb", f"{median_ratio(t, 'numpy', 'fastwb'):.1f}x", "", True)
         if "torch" in t:
             report(f"{label} step 16M f32: torch ({'fused' if name == 'Adam' else 'foreach'}) / fastwb",
                    f"{median_ratio(t, 'torch', 'fastwb'):.2f}x", "(info)", True)
@@ -139,19 +125,6 @@ def optim_targets(rng, bw):
     t = interleaved({"fastwb": lambda: fastwb.prune_weights(w, 90), "twin": lambda: R.prune_weights(w, 90)}, repeats=7)
     r = median_ratio(t, "twin", "fastwb")
     report("prune_weights 16M f32 p90: twin / fastwb", f"{r:.1f}x ({np.median(t['fastwb'])*1e3:.1f} ms)", ">= 5x", r >= 5)
-
-
-def _torch_step(name, n, kw):
-    """torch.optim's step on the same problem at fastwb's thread count, or None without torch."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(fastwb.get_num_threads())
-    p = torch.zeros(n, requires_grad=True)
-    p.grad = torch.full((n,), 0.01)
-    opt = torch.optim.Adam([p], fused=True, **kw) if name == "Adam" else torch.optim.SGD([p], foreach=True, **kw)
-    return opt.step
 
 
 def training_targets(rng):

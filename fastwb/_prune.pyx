@@ -24,8 +24,6 @@ cdef extern from "fwb_select.h" nogil:
     uint64_t fwb_min_key_above_f64(const double *w, Py_ssize_t n, uint64_t key)
     float fwb_from_key_f32(uint32_t key)
     double fwb_from_key_f64(uint64_t key)
-    uint32_t fwb_key_f32(float x)
-    uint64_t fwb_key_f64(double x)
     int64_t fwb_prune_threshold_f32(const float *w, float *out, unsigned char *mask, Py_ssize_t n, float thr)
     int64_t fwb_prune_threshold_f64(const double *w, double *out, unsigned char *mask, Py_ssize_t n, double thr)
     int64_t fwb_mask_exact_k_f32(const float *w, unsigned char *mask, Py_ssize_t n, uint32_t cut, int64_t ties)

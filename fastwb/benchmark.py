@@ -30,7 +30,8 @@ import time
 
 import numpy as np
 
-__all__ = ["interleaved", "median_ratio", "copy_bandwidth", "gemm_rate", "torch_train_step", "step_gemms", "run",
+__all__ = ["interleaved", "median_ratio", "copy_bandwidth", "gemm_rate", "torch_train_step", "step_gemms",
+           "optimizer_contenders", "run",
            "main"]
 
 
@@ -163,7 +164,8 @@ def torch_train_step(sizes, batch, dtype=np.float32, n_threads=None):
     return step
 
 
-def _optimizer_case(name, n, dtype, threads, kw):
+def optimizer_contenders(name, n, dtype, threads, kw):
+    """fastwb, NumPy twin and (when installed) PyTorch steps of optimizer ``name`` on n parameters."""
     from fastwb import optim
     from fastwb.reference import optim as ropt
 
@@ -341,7 +343,7 @@ def cases(quick, dtypes):
         for name, kw, nbytes in (("Adam", {"lr": 1e-3}, 7), ("AdamW", {"lr": 1e-3}, 7),
                                  ("SGD", {"lr": 1e-3, "momentum": 0.9}, 5), ("RMSprop", {"lr": 1e-3}, 5)):
             label = "SGD-momentum" if name == "SGD" else name
-            out.append((f"{label} step {big >> 20}M", dt, lambda t, n=name, k=kw, d=dt: _optimizer_case(n, big, d, t, k),
+            out.append((f"{label} step {big >> 20}M", dt, lambda t, n=name, k=kw, d=dt: optimizer_contenders(n, big, d, t, k),
                         "GB/s", nbytes * size * big))
         for fn in ("relu", "sigmoid", "tanh"):
             out.append((f"{fn} {big >> 20}M", dt, lambda t, f=fn, d=dt: _elementwise_case(f, big, d, t), "GB/s",

@@ -338,15 +338,7 @@ class MLP:
         matrix to that sparsity (``"layer"``); exact counts.  Pruned weights
         stay 0 through later updates and pruning only ever grows.  Biases are
         never pruned."""
-        if scope == "global":
-            new = prune.global_unstructured(self.W, float(sparsity))
-        elif scope == "layer":
-            new = [prune.l1_unstructured(W, float(sparsity)) for W in self.W]
-        else:
-            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-        self.masks = new if self.masks is None else [m & old for m, old in zip(new, self.masks)]
-        for W, m in zip(self.W, self.masks):
-            prune.apply_mask(W, m)
+        self.masks = prune.grow_masks(self.W, sparsity, scope, self.masks)
         if self.optimizer is not None:
             self.optimizer.set_masks([self._flat_mask()])
 

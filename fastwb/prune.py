@@ -29,6 +29,7 @@ __all__ = [
     "l1_unstructured",
     "global_unstructured",
     "apply_mask",
+    "grow_masks",
     "sparsity",
     "LinearSchedule",
     "CubicSchedule",
@@ -218,6 +219,33 @@ def apply_mask(weights, mask):
     return weights
 
 
+SCOPES = ("layer", "global")
+
+
+def _check_scope(scope):
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+
+
+def grow_masks(arrays, sparsity, scope="layer", masks=None):
+    """Prune ``arrays`` in place to ``sparsity`` by magnitude and return their keep-masks.
+
+    ``scope="layer"`` prunes each array to that sparsity (:func:`l1_unstructured`),
+    ``"global"`` all of them together (:func:`global_unstructured`).  The new
+    masks are ANDed with ``masks`` (the previous ones, or None), so a pruned
+    weight is never revived, and applied: pruned entries become exactly 0."""
+    _check_scope(scope)
+    if scope == "global":
+        new = global_unstructured(arrays, float(sparsity))
+    else:
+        new = [l1_unstructured(a, float(sparsity)) for a in arrays]
+    if masks is not None:
+        new = [m & old for m, old in zip(new, masks)]
+    for a, m in zip(arrays, new):
+        apply_mask(a, m)
+    return new
+
+
 def sparsity(mask):
     """Fraction of False entries of a keep-mask."""
     mask = np.asarray(mask, dtype=bool)
@@ -299,8 +327,7 @@ class GradualPruner:
     """
 
     def __init__(self, params, schedule, optimizer=None, scope="layer"):
-        if scope not in ("layer", "global"):
-            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+        _check_scope(scope)
         self.params = list(params) if not isinstance(params, np.ndarray) else [params]
         self.schedule = schedule
         self.optimizer = optimizer
@@ -319,13 +346,7 @@ class GradualPruner:
 
     def prune_to(self, target):
         """Prune every array (or all together) to ``target`` sparsity now."""
-        if self.scope == "global":
-            masks = global_unstructured(self.params, float(target))
-        else:
-            masks = [l1_unstructured(p, float(target)) for p in self.params]
-        self.masks = [m & old for m, old in zip(masks, self.masks)]
-        for p, m in zip(self.params, self.masks):
-            apply_mask(p, m)
+        self.masks = grow_masks(self.params, target, self.scope, self.masks)
         if self.optimizer is not None:
             self.optimizer.set_masks(self.masks)
         self.current = target
