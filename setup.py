@@ -12,7 +12,11 @@ Everything about *how* the extensions are compiled lives here, once:
   that vectorise; FP exception flags are not observed), never
   GCC's fast-math mode (NaN and Inf must behave as in NumPy), ``-march=native`` only
   when ``FASTWB_NATIVE=1`` asks for it;
-* the Cython directives; ``FASTWB_DEBUG=1`` turns bounds checking back on.
+* the Cython directives; ``FASTWB_DEBUG=1`` turns bounds checking back on;
+* ``FASTWB_SANITIZE=address`` compiles and links with AddressSanitizer
+  (``-fsanitize=address -fno-omit-frame-pointer``); such a build only loads
+  into a Python started with ``LD_PRELOAD`` set to the compiler's libasan
+  (``.ci/asan`` builds one in a fresh environment and runs the tests with it).
 
 The flags are compiled into ``fastwb._threads`` as a JSON string, so that
 ``fastwb.show_config()`` reports what the installed binary was really built with.
@@ -76,6 +80,16 @@ def _openmp_flags(compiler):
     return None
 
 
+def _sanitizer_flags():
+    """Compile-and-link flags for ``FASTWB_SANITIZE`` (empty when unset)."""
+    which = os.environ.get("FASTWB_SANITIZE", "").strip().lower()
+    if not which:
+        return []
+    if which != "address":
+        raise RuntimeError(f"fastwb: FASTWB_SANITIZE={which!r} is not supported; the only value is 'address'")
+    return ["-fsanitize=address", "-fno-omit-frame-pointer"]
+
+
 def _cython_directives():
     debug = _env_flag("FASTWB_DEBUG")
     return {
@@ -99,6 +113,10 @@ class BuildExt(build_ext):
             cflags += ["-g", "-O1"]
         if _env_flag("FASTWB_NATIVE") and unix:
             cflags += ["-march=native", "-DFWB_NO_CLONES"]
+        sanitize = _sanitizer_flags()
+        if sanitize and not unix:
+            raise RuntimeError("fastwb: FASTWB_SANITIZE needs a GCC- or clang-style compiler")
+        cflags += sanitize
         omp = None if _env_flag("FASTWB_NO_OPENMP") else _openmp_flags(self.compiler)
         if omp is None:
             if _env_flag("FASTWB_FAIL_NO_OPENMP"):
@@ -123,16 +141,17 @@ class BuildExt(build_ext):
             {
                 "compiler": self.compiler.compiler_so[0] if hasattr(self.compiler, "compiler_so") else self.compiler.compiler_type,
                 "cflags": cflags + omp_c,
-                "ldflags": omp_l,
+                "ldflags": omp_l + sanitize,
                 "openmp_at_build": omp is not None,
                 "debug": _env_flag("FASTWB_DEBUG"),
                 "native": _env_flag("FASTWB_NATIVE"),
+                "sanitize": os.environ.get("FASTWB_SANITIZE", "").strip().lower() or None,
             }
         )
         c_string = '"' + info.replace("\\", "\\\\").replace('"', '\\"') + '"'
         for ext in self.extensions:
             ext.extra_compile_args = cflags + omp_c
-            ext.extra_link_args = omp_l
+            ext.extra_link_args = omp_l + sanitize
             ext.define_macros = list(ext.define_macros) + [("FWB_BUILD_INFO", c_string)]
         super().build_extensions()
 

@@ -7,6 +7,11 @@
  * single-tensor CPU implementations (documented at each function) so that
  * the numbers match torch.optim's to rounding.
  *
+ * Coefficients of the form 1 - beta (w1, w2, keep_g, ...) are passed in,
+ * computed in double and rounded once by the caller, as PyTorch does:
+ * computing them here from an already rounded float beta2 = 0.999f gives
+ * 1 - beta2 = 0.00099998713 instead of 0.001f.
+ *
  * Common arguments:
  *   p     parameters (updated in place)          g     gradients
  *   mask  NULL, or 1 byte per parameter: where it is 0 the parameter is set
@@ -24,8 +29,10 @@
 #define FWB_CAT(a, b) FWB_CAT_(a, b)
 #define FWB_FN(name) FWB_CAT(name, FWB_S)
 
+/* NumPy's sign: -1, 0 or 1, and NaN for NaN (so a NaN weight never hides
+ * behind a zero L1 gradient). */
 static inline FWB_T FWB_FN(fwb_sign)(FWB_T x) {
-    return (FWB_T)(x > 0) - (FWB_T)(x < 0);
+    return x != x ? x : (FWB_T)(x > 0) - (FWB_T)(x < 0);
 }
 
 /* the gradient seen by the update: g + wd * p + l1 * sign(p) (terms with a
@@ -44,12 +51,12 @@ static inline FWB_T FWB_FN(fwb_lerp)(FWB_T a, FWB_T b, FWB_T w) {
  *   d = g + wd p
  *   momentum != 0:  buf = d on the first step, else buf = mu buf + (1 - dampening) d
  *                   d = d + mu buf (nesterov) or d = buf
+ * keep_g = 1 - dampening (rounded once from double)
  *   p = p - lr d
  * buf is NULL when momentum is 0. */
 FWB_INLINE void FWB_FN(fwb_sgd_body)(FWB_T *p, const FWB_T *g, FWB_T *buf, const unsigned char *mask,
-                                     ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T damp, FWB_T wd, FWB_T l1,
+                                     ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T keep_g, FWB_T wd, FWB_T l1,
                                      int nesterov, int first, const int has_buf, const int has_mask) {
-    FWB_T keep_g = (FWB_T)1 - damp;
     for (ptrdiff_t j = 0; j < n; j++) {
         int off = has_mask && !mask[j];
         FWB_T pj = p[j];
@@ -65,9 +72,9 @@ FWB_INLINE void FWB_FN(fwb_sgd_body)(FWB_T *p, const FWB_T *g, FWB_T *buf, const
 }
 
 FWB_CLONES static void FWB_FN(fwb_sgd)(FWB_T *p, const FWB_T *g, FWB_T *buf, const unsigned char *mask,
-                                        ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T damp, FWB_T wd, FWB_T l1,
+                                        ptrdiff_t n, FWB_T lr, FWB_T mu, FWB_T keep_g, FWB_T wd, FWB_T l1,
                                         int nesterov, int first) {
-#define FWB_SGD(B, M) FWB_FN(fwb_sgd_body)(p, g, buf, mask, n, lr, mu, damp, wd, l1, nesterov, first, B, M)
+#define FWB_SGD(B, M) FWB_FN(fwb_sgd_body)(p, g, buf, mask, n, lr, mu, keep_g, wd, l1, nesterov, first, B, M)
     if (buf) { if (mask) FWB_SGD(1, 1); else FWB_SGD(1, 0); }
     else     { if (mask) FWB_SGD(0, 1); else FWB_SGD(0, 0); }
 #undef FWB_SGD
@@ -100,13 +107,13 @@ FWB_CLONES static void FWB_FN(fwb_momentum)(FWB_T *p, const FWB_T *g, FWB_T *v, 
  *   denom = sqrt(v) / sqrt(1 - beta2^t) + eps
  *   p = p - (step_size m) / denom,    step_size = lr / (1 - beta1^t)
  * decay_factor = 1 - lr wd for AdamW (1 for Adam); bc2_sqrt and step_size
- * are computed by the caller in double, as PyTorch does. vmax is NULL
+ * are computed by the caller in double, as PyTorch does, and so are
+ * w1 = 1 - beta1 and w2 = 1 - beta2. vmax is NULL
  * without amsgrad. */
 FWB_INLINE void FWB_FN(fwb_adam_body)(FWB_T *p, const FWB_T *g, FWB_T *m, FWB_T *v, FWB_T *vmax,
-                                      const unsigned char *mask, ptrdiff_t n, FWB_T beta1, FWB_T beta2,
-                                      FWB_T eps, FWB_T wd, FWB_T l1, FWB_T decay_factor,
+                                      const unsigned char *mask, ptrdiff_t n, FWB_T w1, FWB_T beta2,
+                                      FWB_T w2, FWB_T eps, FWB_T wd, FWB_T l1, FWB_T decay_factor,
                                       FWB_T step_size, FWB_T bc2_sqrt, const int has_vmax, const int has_mask) {
-    FWB_T w1 = (FWB_T)1 - beta1, w2 = (FWB_T)1 - beta2;
     for (ptrdiff_t j = 0; j < n; j++) {
         int off = has_mask && !mask[j];
         FWB_T pj = p[j];
@@ -129,10 +136,10 @@ FWB_INLINE void FWB_FN(fwb_adam_body)(FWB_T *p, const FWB_T *g, FWB_T *m, FWB_T 
 }
 
 FWB_CLONES static void FWB_FN(fwb_adam)(FWB_T *p, const FWB_T *g, FWB_T *m, FWB_T *v, FWB_T *vmax,
-                                         const unsigned char *mask, ptrdiff_t n, FWB_T beta1, FWB_T beta2,
-                                         FWB_T eps, FWB_T wd, FWB_T l1, FWB_T decay_factor,
+                                         const unsigned char *mask, ptrdiff_t n, FWB_T w1, FWB_T beta2,
+                                         FWB_T w2, FWB_T eps, FWB_T wd, FWB_T l1, FWB_T decay_factor,
                                          FWB_T step_size, FWB_T bc2_sqrt) {
-#define FWB_ADAM(X, M) FWB_FN(fwb_adam_body)(p, g, m, v, vmax, mask, n, beta1, beta2, eps, wd, l1, \
+#define FWB_ADAM(X, M) FWB_FN(fwb_adam_body)(p, g, m, v, vmax, mask, n, w1, beta2, w2, eps, wd, l1, \
                                              decay_factor, step_size, bc2_sqrt, X, M)
     if (vmax) { if (mask) FWB_ADAM(1, 1); else FWB_ADAM(1, 0); }
     else      { if (mask) FWB_ADAM(0, 1); else FWB_ADAM(0, 0); }
@@ -146,12 +153,12 @@ FWB_CLONES static void FWB_FN(fwb_adam)(FWB_T *p, const FWB_T *g, FWB_T *m, FWB_
  *   else:     avg = sqrt(v) + eps
  *   momentum > 0: buf = buf momentum + d / avg;  p = p - lr buf
  *   else:         p = p - (lr d) / avg
- * ga is NULL unless centered, buf NULL unless momentum > 0. */
+ * w = 1 - alpha (rounded once from double); ga is NULL unless centered, buf
+ * NULL unless momentum > 0. */
 FWB_INLINE void FWB_FN(fwb_rmsprop_body)(FWB_T *p, const FWB_T *g, FWB_T *v, FWB_T *ga, FWB_T *buf,
                                          const unsigned char *mask, ptrdiff_t n, FWB_T lr, FWB_T alpha,
-                                         FWB_T eps, FWB_T wd, FWB_T l1, FWB_T momentum,
+                                         FWB_T w, FWB_T eps, FWB_T wd, FWB_T l1, FWB_T momentum,
                                          const int has_ga, const int has_buf, const int has_mask) {
-    FWB_T w = (FWB_T)1 - alpha;
     for (ptrdiff_t j = 0; j < n; j++) {
         int off = has_mask && !mask[j];
         FWB_T pj = p[j];
@@ -180,8 +187,8 @@ FWB_INLINE void FWB_FN(fwb_rmsprop_body)(FWB_T *p, const FWB_T *g, FWB_T *v, FWB
 
 FWB_CLONES static void FWB_FN(fwb_rmsprop)(FWB_T *p, const FWB_T *g, FWB_T *v, FWB_T *ga, FWB_T *buf,
                                             const unsigned char *mask, ptrdiff_t n, FWB_T lr, FWB_T alpha,
-                                            FWB_T eps, FWB_T wd, FWB_T l1, FWB_T momentum) {
-#define FWB_RMS(A, B, M) FWB_FN(fwb_rmsprop_body)(p, g, v, ga, buf, mask, n, lr, alpha, eps, wd, l1, momentum, A, B, M)
+                                            FWB_T w, FWB_T eps, FWB_T wd, FWB_T l1, FWB_T momentum) {
+#define FWB_RMS(A, B, M) FWB_FN(fwb_rmsprop_body)(p, g, v, ga, buf, mask, n, lr, alpha, w, eps, wd, l1, momentum, A, B, M)
     if (ga) {
         if (buf) { if (mask) FWB_RMS(1, 1, 1); else FWB_RMS(1, 1, 0); }
         else     { if (mask) FWB_RMS(1, 0, 1); else FWB_RMS(1, 0, 0); }

@@ -20,6 +20,15 @@
 #define FWB_CLONES
 #endif
 
+/* Every module that includes this header (directly or through fwb_optim.h and
+ * fwb_select.h) gets all of its static functions but calls only some of them:
+ * FWB_HEADER_FN tells the compiler that an uncalled one is expected. */
+#if defined(__GNUC__)
+#define FWB_HEADER_FN __attribute__((unused))
+#else
+#define FWB_HEADER_FN
+#endif
+
 /* activation codes shared with fastwb/_dense.pyx */
 enum { FWB_ACT_IDENTITY = 0, FWB_ACT_RELU = 1, FWB_ACT_LEAKY = 2, FWB_ACT_SIGMOID = 3, FWB_ACT_TANH = 4 };
 

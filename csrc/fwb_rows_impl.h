@@ -19,7 +19,7 @@
 /* ------------------------------------------------------------------ */
 
 /* y[j] = act(z[j] + b[j]) (b may be NULL: no bias).  y may equal z. */
-FWB_CLONES static void FWB_FN(fwb_bias_act)(const FWB_T *z, const FWB_T *b, FWB_T *y,
+FWB_CLONES FWB_HEADER_FN static void FWB_FN(fwb_bias_act)(const FWB_T *z, const FWB_T *b, FWB_T *y,
                                              ptrdiff_t n, int act, FWB_T alpha) {
     ptrdiff_t j;
 #define FWB_MAP(F)                                              \
@@ -51,7 +51,7 @@ FWB_CLONES static void FWB_FN(fwb_bias_act)(const FWB_T *z, const FWB_T *b, FWB_
  *   tanh: 1 - y^2   identity: 1.
  * The derivative multiplies g, so NaN and Inf in g propagate as in NumPy.
  * dz may equal g. */
-FWB_CLONES static void FWB_FN(fwb_act_grad)(const FWB_T *g, const FWB_T *y, FWB_T *dz,
+FWB_CLONES FWB_HEADER_FN static void FWB_FN(fwb_act_grad)(const FWB_T *g, const FWB_T *y, FWB_T *dz,
                                              ptrdiff_t n, int act, FWB_T alpha) {
     ptrdiff_t j;
     switch (act) {
@@ -74,7 +74,7 @@ FWB_CLONES static void FWB_FN(fwb_act_grad)(const FWB_T *g, const FWB_T *y, FWB_
 }
 
 /* acc[j] += v[j] */
-FWB_CLONES static void FWB_FN(fwb_accumulate)(FWB_T *acc, const FWB_T *v, ptrdiff_t n) {
+FWB_CLONES FWB_HEADER_FN static void FWB_FN(fwb_accumulate)(FWB_T *acc, const FWB_T *v, ptrdiff_t n) {
     for (ptrdiff_t j = 0; j < n; j++) acc[j] += v[j];
 }
 
@@ -147,7 +147,7 @@ static inline void FWB_FN(fwb_exp_inplace)(FWB_T *v, ptrdiff_t len) {
 }
 
 /* p = softmax(z) row-wise: exp(z - max z) / sum exp(z - max z).  p may equal z. */
-FWB_CLONES static void FWB_FN(fwb_softmax_block)(const FWB_T *z, FWB_T *p, ptrdiff_t rows, ptrdiff_t n) {
+FWB_CLONES FWB_HEADER_FN static void FWB_FN(fwb_softmax_block)(const FWB_T *z, FWB_T *p, ptrdiff_t rows, ptrdiff_t n) {
     FWB_FN(fwb_block_shift)(z, p, rows, n, NULL, NULL);
     FWB_FN(fwb_exp_inplace)(p, rows * n);
     for (ptrdiff_t i = 0; i < rows; i++) {
@@ -159,7 +159,7 @@ FWB_CLONES static void FWB_FN(fwb_softmax_block)(const FWB_T *z, FWB_T *p, ptrdi
 
 /* dz = y * (g - <g, y>) row-wise: the vector-Jacobian product of softmax.
  * dz may equal g or y. */
-FWB_CLONES static void FWB_FN(fwb_softmax_grad_block)(const FWB_T *g, const FWB_T *y, FWB_T *dz,
+FWB_CLONES FWB_HEADER_FN static void FWB_FN(fwb_softmax_grad_block)(const FWB_T *g, const FWB_T *y, FWB_T *dz,
                                                        ptrdiff_t rows, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < rows; i++) {
         const FWB_T *gi = g + i * n, *yi = y + i * n;
@@ -174,7 +174,7 @@ FWB_CLONES static void FWB_FN(fwb_softmax_grad_block)(const FWB_T *g, const FWB_
  * (in double), and the gradient of scale * sum_i loss[i]:
  *   grad_ij = scale * (softmax(z_i)_j - [j == label[i]]).
  * grad may equal z. */
-FWB_CLONES static void FWB_FN(fwb_xent_block)(const FWB_T *z, FWB_T *grad, ptrdiff_t rows, ptrdiff_t n,
+FWB_CLONES FWB_HEADER_FN static void FWB_FN(fwb_xent_block)(const FWB_T *z, FWB_T *grad, ptrdiff_t rows, ptrdiff_t n,
                                                const ptrdiff_t *label, FWB_T scale, double *loss) {
     FWB_FN(fwb_block_shift)(z, grad, rows, n, label, loss);
     FWB_FN(fwb_exp_inplace)(grad, rows * n);

@@ -4,4 +4,5 @@ import sys
 
 from fastwb.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":      # not when imported (pydoc, multiprocessing's spawn)
+    sys.exit(main())

@@ -13,23 +13,24 @@ from fastwb._parallel cimport part_start
 
 cdef extern from "fwb_optim.h" nogil:
     void fwb_sgd_f32(float *p, const float *g, float *buf, const unsigned char *mask, Py_ssize_t n,
-                     float lr, float mu, float damp, float wd, float l1, int nesterov, int first)
+                     float lr, float mu, float keep_g, float wd, float l1, int nesterov, int first)
     void fwb_sgd_f64(double *p, const double *g, double *buf, const unsigned char *mask, Py_ssize_t n,
-                     double lr, double mu, double damp, double wd, double l1, int nesterov, int first)
+                     double lr, double mu, double keep_g, double wd, double l1, int nesterov, int first)
     void fwb_momentum_f32(float *p, const float *g, float *v, const unsigned char *mask, Py_ssize_t n,
                           float lr, float mu, float wd, float l1)
     void fwb_momentum_f64(double *p, const double *g, double *v, const unsigned char *mask, Py_ssize_t n,
                           double lr, double mu, double wd, double l1)
     void fwb_adam_f32(float *p, const float *g, float *m, float *v, float *vmax, const unsigned char *mask,
-                      Py_ssize_t n, float beta1, float beta2, float eps, float wd, float l1,
+                      Py_ssize_t n, float w1, float beta2, float w2, float eps, float wd, float l1,
                       float decay_factor, float step_size, float bc2_sqrt)
     void fwb_adam_f64(double *p, const double *g, double *m, double *v, double *vmax, const unsigned char *mask,
-                      Py_ssize_t n, double beta1, double beta2, double eps, double wd, double l1,
+                      Py_ssize_t n, double w1, double beta2, double w2, double eps, double wd, double l1,
                       double decay_factor, double step_size, double bc2_sqrt)
     void fwb_rmsprop_f32(float *p, const float *g, float *v, float *ga, float *buf, const unsigned char *mask,
-                         Py_ssize_t n, float lr, float alpha, float eps, float wd, float l1, float momentum)
+                         Py_ssize_t n, float lr, float alpha, float w, float eps, float wd, float l1, float momentum)
     void fwb_rmsprop_f64(double *p, const double *g, double *v, double *ga, double *buf, const unsigned char *mask,
-                         Py_ssize_t n, double lr, double alpha, double eps, double wd, double l1, double momentum)
+                         Py_ssize_t n, double lr, double alpha, double w, double eps, double wd, double l1,
+                         double momentum)
     double fwb_regularize_f32(const float *w, float *grad, Py_ssize_t n, float lam, int l1)
     double fwb_regularize_f64(const double *w, double *grad, Py_ssize_t n, double lam, int l1)
 
@@ -67,6 +68,7 @@ def sgd(floating[::1] p,              # IN/OUT parameters
     cdef floating *bp = _ptr(buf)
     cdef const floating *gp = &g[0]
     cdef const unsigned char *mp = _mask_ptr(mask)
+    cdef double keep_g = 1.0 - dampening     # in double, rounded once (as PyTorch)
     with nogil:
         for t in prange(n_threads, schedule="static", num_threads=n_threads):
             lo = part_start(n, t, n_threads)
@@ -74,10 +76,10 @@ def sgd(floating[::1] p,              # IN/OUT parameters
             if hi > lo:
                 if floating is float:
                     fwb_sgd_f32(pp + lo, gp + lo, _at(bp, lo), _mask_at(mp, lo), hi - lo, <float>lr,
-                                <float>momentum, <float>dampening, <float>weight_decay, <float>l1, nesterov, first)
+                                <float>momentum, <float>keep_g, <float>weight_decay, <float>l1, nesterov, first)
                 else:
                     fwb_sgd_f64(pp + lo, gp + lo, _at(bp, lo), _mask_at(mp, lo), hi - lo, lr,
-                                momentum, dampening, weight_decay, l1, nesterov, first)
+                                momentum, keep_g, weight_decay, l1, nesterov, first)
 
 
 def momentum(floating[::1] p, const floating[::1] g, floating[::1] v, const unsigned char[::1] mask,
@@ -112,6 +114,7 @@ def adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] 
     cdef floating *xp = _ptr(vmax)
     cdef const floating *gp = &g[0]
     cdef const unsigned char *kp = _mask_ptr(mask)
+    cdef double w1 = 1.0 - beta1, w2 = 1.0 - beta2     # in double, rounded once (as PyTorch)
     with nogil:
         for t in prange(n_threads, schedule="static", num_threads=n_threads):
             lo = part_start(n, t, n_threads)
@@ -119,11 +122,11 @@ def adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] 
             if hi > lo:
                 if floating is float:
                     fwb_adam_f32(pp + lo, gp + lo, mp_ + lo, vp + lo, _at(xp, lo), _mask_at(kp, lo), hi - lo,
-                                 <float>beta1, <float>beta2, <float>eps, <float>weight_decay, <float>l1,
+                                 <float>w1, <float>beta2, <float>w2, <float>eps, <float>weight_decay, <float>l1,
                                  <float>decay_factor, <float>step_size, <float>bc2_sqrt)
                 else:
                     fwb_adam_f64(pp + lo, gp + lo, mp_ + lo, vp + lo, _at(xp, lo), _mask_at(kp, lo), hi - lo,
-                                 beta1, beta2, eps, weight_decay, l1, decay_factor, step_size, bc2_sqrt)
+                                 w1, beta2, w2, eps, weight_decay, l1, decay_factor, step_size, bc2_sqrt)
 
 
 def rmsprop(floating[::1] p, const floating[::1] g, floating[::1] v, floating[::1] grad_avg,
@@ -138,6 +141,7 @@ def rmsprop(floating[::1] p, const floating[::1] g, floating[::1] v, floating[::
     cdef floating *bp = _ptr(buf)
     cdef const floating *gp = &g[0]
     cdef const unsigned char *kp = _mask_ptr(mask)
+    cdef double w = 1.0 - alpha     # in double, rounded once (as PyTorch)
     with nogil:
         for t in prange(n_threads, schedule="static", num_threads=n_threads):
             lo = part_start(n, t, n_threads)
@@ -145,11 +149,11 @@ def rmsprop(floating[::1] p, const floating[::1] g, floating[::1] v, floating[::
             if hi > lo:
                 if floating is float:
                     fwb_rmsprop_f32(pp + lo, gp + lo, vp + lo, _at(ap, lo), _at(bp, lo), _mask_at(kp, lo),
-                                    hi - lo, <float>lr, <float>alpha, <float>eps, <float>weight_decay,
+                                    hi - lo, <float>lr, <float>alpha, <float>w, <float>eps, <float>weight_decay,
                                     <float>l1, <float>momentum)
                 else:
                     fwb_rmsprop_f64(pp + lo, gp + lo, vp + lo, _at(ap, lo), _at(bp, lo), _mask_at(kp, lo),
-                                    hi - lo, lr, alpha, eps, weight_decay, l1, momentum)
+                                    hi - lo, lr, alpha, w, eps, weight_decay, l1, momentum)
 
 
 cdef enum:

@@ -101,7 +101,8 @@ def select_abs(const floating[::1] w,     # IN  (n,), n >= 1
 cdef inline double _value(uint64_t key, const floating[::1] like):
     if floating is float:
         return fwb_from_key_f32(<uint32_t>key)
-    return fwb_from_key_f64(key)
+    else:
+        return fwb_from_key_f64(key)
 
 
 def min_abs_above(const floating[::1] w, uint64_t key, uint64_t[::1] extra, int n_threads):
@@ -122,7 +123,8 @@ def min_abs_above(const floating[::1] w, uint64_t key, uint64_t[::1] extra, int 
             best = extra[t]
     if floating is float:
         return fwb_from_key_f32(<uint32_t>best), best
-    return fwb_from_key_f64(best), best
+    else:
+        return fwb_from_key_f64(best), best
 
 
 def prune_threshold(const floating[::1] w, floating[::1] out, unsigned char[::1] mask, double threshold,

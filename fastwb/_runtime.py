@@ -14,6 +14,8 @@ Threads: fastwb keeps no count of its own.  The OpenMP runtime's thread
 count (``OMP_NUM_THREADS``, :func:`set_num_threads`, or threadpoolctl's
 ``threadpool_limits(..., user_api="openmp")``) is the single source of truth,
 read once per kernel call; small work runs serially (:func:`plan_threads`).
+In a process forked from one that had fastwb loaded, every kernel runs on one
+thread (OpenMP's worker threads do not survive fork), with one RuntimeWarning.
 """
 
 import contextlib
@@ -34,16 +36,34 @@ def _mapped_files():
         return None
 
 
+def _import_threads():
+    """``fastwb._threads``, or a one-line ImportError when the compiled modules were
+    never built (a source checkout or a clean clone imported without installing)."""
+    try:
+        from fastwb import _threads
+    except ImportError:
+        import importlib.util
+        if importlib.util.find_spec("fastwb._threads") is not None:
+            raise                   # built, but it failed to load: keep the real reason
+        folder = os.path.dirname(os.path.abspath(__file__))
+        raise ImportError(
+            f"fastwb is not built: its compiled modules are missing from {folder}; build them with "
+            "`pip install -e .` in the source tree, or run Python from outside the source tree "
+            "to use an installed fastwb"
+        ) from None
+    return _threads
+
+
 def _load_runtime():
     user = {k: os.environ[k] for k in _WAIT_VARIABLES if k in os.environ}
     before = _mapped_files()
     if user:
-        from fastwb import _threads
+        _threads = _import_threads()
         policy = "user setting: " + ", ".join(f"{k}={v}" for k, v in user.items())
     else:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         try:
-            from fastwb import _threads
+            _threads = _import_threads()
         finally:
             os.environ.pop("OMP_WAIT_POLICY", None)
         policy = "passive (fastwb default)"
@@ -69,16 +89,65 @@ if not _threads.openmp_enabled() and os.environ.get("FASTWB_EXPECT_NO_OPENMP") !
     )
 
 
+# -- fork ------------------------------------------------------------------------
+# libgomp's worker threads do not survive fork(): in a child forked after the
+# parent ran a parallel region, the next region with more than one thread waits
+# forever for workers that no longer exist.  A region with num_threads(1) never
+# touches them (tests/test_fork.py checks this), so a forked child runs every
+# kernel on one thread: every thread count fastwb picks comes from
+# _available_threads(), and it answers 1 in a forked child.  The child says so
+# once, with a RuntimeWarning, when work would otherwise have been parallel.
+
+_forked = False         # this process was forked from one that had fastwb loaded
+_warned_serial = False
+
+
+def _after_fork_in_child():
+    global _forked, _warned_serial
+    _forked = True
+    _warned_serial = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _warn_serial():
+    global _warned_serial
+    if not _warned_serial:
+        _warned_serial = True
+        warnings.warn(
+            "fastwb runs on one thread in this process: it was forked from a process that had "
+            "fastwb loaded, and OpenMP's worker threads do not survive fork(). Use the 'spawn' or "
+            "'forkserver' start method of multiprocessing for multi-threaded child processes.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _available_threads(warn=True):
+    """The OpenMP runtime's thread count, or 1 in a forked child (warned once)."""
+    n = _threads.max_threads()
+    if n > 1 and _forked:
+        if warn:
+            _warn_serial()
+        return 1
+    return n
+
+
 def get_num_threads():
-    """Number of threads fastwb kernels may use (the OpenMP runtime's count)."""
-    return _threads.max_threads()
+    """Number of threads fastwb kernels may use (the OpenMP runtime's count;
+    always 1 in a process forked from one that had fastwb loaded)."""
+    return _available_threads(warn=False)
 
 
 def set_num_threads(n):
     """Set the number of threads fastwb kernels may use.
 
     This sets the OpenMP runtime's thread count for the calling thread, the
-    same setting that ``OMP_NUM_THREADS`` and threadpoolctl control.
+    same setting that ``OMP_NUM_THREADS`` and threadpoolctl control.  In a
+    forked child the setting is kept but kernels still run on one thread
+    (see :func:`get_num_threads`); asking for more warns once.
     """
     if isinstance(n, bool):
         raise TypeError("n must be an integer number of threads, got bool")
@@ -89,6 +158,8 @@ def set_num_threads(n):
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     _threads.set_max_threads(n)
+    if n > 1 and _forked:
+        _warn_serial()
 
 
 @contextlib.contextmanager
@@ -98,7 +169,7 @@ def threads(n):
     >>> with fastwb.threads(1):
     ...     y = fastwb.relu(x)
     """
-    previous = get_num_threads()
+    previous = _threads.max_threads()
     set_num_threads(n)
     try:
         yield
@@ -119,9 +190,12 @@ GRAIN_UPDATE = 1 << 19      # Adam / RMSprop steps (sqrt and divide): 1M float32
 
 
 def plan_threads(work, grain=GRAIN_MEMORY):
-    """Threads to use for ``work`` elements: 1 below 2*grain, else at most work // grain."""
-    n = _threads.max_threads()
-    if n <= 1 or work < 2 * grain:
+    """Threads to use for ``work`` elements: 1 below 2*grain, else at most work // grain
+    (and 1 in a forked child, see :func:`get_num_threads`)."""
+    if work < 2 * grain:
+        return 1
+    n = _available_threads()
+    if n <= 1:
         return 1
     return int(min(n, work // grain))
 

@@ -6,6 +6,9 @@ are not C-contiguous are copied (kernels read only contiguous memory); an
 ``out`` array is never copied: it must already be right.
 """
 
+import math
+import operator
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -56,11 +59,42 @@ def out_array(name, out, shape, dtype):
     return out
 
 
-def unaliased(inp, out):
-    """``inp``, copied when it overlaps ``out`` without being the very same array."""
-    if out is not inp and np.may_share_memory(inp, out):
+def same_view(a, b):
+    """True when ``a`` and ``b`` view exactly the same elements in the same
+    order: same start address, dtype, shape and strides."""
+    return (a is b or (a.dtype == b.dtype and a.shape == b.shape and a.strides == b.strides
+                       and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]))
+
+
+def unaliased(inp, *outs, inplace=True):
+    """``inp``, or a copy of it when it shares memory with one of ``outs``.
+
+    This is fastwb's one aliasing rule: a kernel either reads an input that
+    is exactly its output (``inplace=True``: elementwise kernels that read
+    element j before writing element j) or reads memory that no output
+    touches.  Any other overlap (a shifted view, a row of the output, a
+    reinterpreted dtype) makes the input a private copy first, so results
+    never depend on the order in which a kernel writes.  ``None`` outputs
+    are skipped."""
+    if inp is None:
+        return None
+    for out in outs:
+        if out is None or not np.may_share_memory(inp, out):
+            continue
+        if inplace and same_view(inp, out):
+            continue
         return inp.copy()
     return inp
+
+
+def disjoint_outputs(**outs):
+    """Raise ValueError when two of the given output arrays (None skipped)
+    share memory: each must receive its own result."""
+    named = [(k, v) for k, v in outs.items() if v is not None]
+    for i, (ka, a) in enumerate(named):
+        for kb, b in named[i + 1:]:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{ka} and {kb} share memory; give each result its own array")
 
 
 def activation_code(activation, alpha):
@@ -90,3 +124,38 @@ def check_alpha(alpha):
 def same_shape(name_a, a, name_b, b):
     if a.shape != b.shape:
         raise ValueError(f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}; they must match")
+
+
+def check_int(name, value, minimum=None):
+    """``value`` as a Python int (TypeError for bools, floats and non-numbers;
+    ValueError naming ``name`` below ``minimum``)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_real(name, value, minimum=None, maximum=None, below=None):
+    """``value`` as a finite Python float within the given bounds (``below``
+    is an exclusive upper bound); TypeError for non-numbers, ValueError naming
+    ``name`` for NaN, infinities and values out of range."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got bool")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    if below is not None and not value < below:
+        raise ValueError(f"{name} must be < {below}, got {value}")
+    return value

@@ -5,11 +5,14 @@ bandwidth, large-GEMM rate per dtype), then times every comparison
 interleaved: each repetition runs every contender once, in an order that
 rotates between repetitions (PyTorch's OpenMP threads keep spinning after its
 calls and would otherwise always slow the same neighbour), and ratios are
-medians of the per-repetition ratios.  It prints one table (median time per
-implementation, speedups, and the fraction of the machine limit reached:
-GB/s for memory-bound kernels, GFLOP/s for GEMM-bound steps), and can write
-JSON, a PNG figure (speedups; cost against problem size; time against thread
-count) and BENCHMARKS.md.
+medians of the per-repetition ratios.  It prints one report (:func:`text_report`):
+the machine and its load, one table (median time per implementation,
+speedups, and the fraction of the machine limit reached: GB/s for
+memory-bound kernels against the in-place stream bandwidth, GFLOP/s for
+GEMM-bound steps against the large-GEMM rate), what its columns mean, the
+targets, time against thread count and cost against problem size, and
+warnings when the run-to-run spread is too large to trust.  It can write the
+same as JSON, a PNG figure and BENCHMARKS.md (each file atomically).
 
 PyTorch runs at fastwb's thread count.  Caveat, measured on the development
 machine: PyTorch's CPU wheel uses the system OpenMP runtime, the same library
@@ -19,7 +22,10 @@ regions: its 784-256-10 training step took 2.6 ms in this process and
 1.35 ms in a process of its own (tiny MLP: 2.1 ms vs 0.56 ms).  Importing
 PyTorch first instead leaves the runtime spinning and PyTorch's MKL threads
 fighting NumPy's OpenBLAS threads, which slows everyone.  The report states
-the policy in force; PyTorch's own-process figures are in BENCHMARKS.md.
+the policy in force, and where a workload is also timed with PyTorch and
+fastwb each in a process of its own, that ratio is the one the table, the
+targets and the figure show (:func:`merge_own_processes`): one number per
+workload and contender.
 """
 
 import json
@@ -30,9 +36,9 @@ import time
 
 import numpy as np
 
-__all__ = ["interleaved", "median_ratio", "copy_bandwidth", "gemm_rate", "torch_train_step", "step_gemms",
-           "optimizer_contenders", "run",
-           "main"]
+__all__ = ["interleaved", "median_ratio", "copy_bandwidth", "stream_bandwidth", "gemm_rate", "torch_train_step",
+           "step_gemms", "optimizer_contenders", "run", "merge_own_processes", "text_report", "markdown",
+           "write_files", "main"]
 
 
 # ---------------------------------------------------------------------------
@@ -88,6 +94,52 @@ def copy_bandwidth(n=1 << 24, dtype=np.float32, repeats=15):
     return {name: 2 * x.nbytes / float(np.median(v)) for name, v in t.items()}
 
 
+def stream_bandwidth(n=1 << 24, dtype=np.float32, repeats=15):
+    """In-place read+write bandwidth in bytes/s: fastwb's threaded pass
+    ``x = relu(x)`` over positive data (2 * itemsize bytes moved per element).
+
+    This is the memory limit of the report: an in-place update reads each
+    cache line and writes it back, with no write-allocate read, so it moves
+    exactly the bytes it is charged for.  A copy into another array also
+    reads every destination line before writing it (write-allocate), so it
+    moves three bytes for every two a plain count charges it."""
+    from fastwb import _dense
+    from fastwb._runtime import get_num_threads
+
+    x = np.ones(n, dtype)
+    t = interleaved({"stream": lambda: _dense.act_flat(x, x, 1, 0.0, get_num_threads())}, repeats=repeats)
+    return 2 * x.nbytes / float(np.median(t["stream"]))
+
+
+def last_level_cache():
+    """Size in bytes of the largest CPU cache (Linux sysfs), or None when unknown."""
+    sizes = []
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return None
+    for name in names:
+        try:
+            with open(os.path.join(base, name, "size")) as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+        digits = text.rstrip("KMGkmg")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes) if sizes else None
+
+
+def load_average():
+    """The 1-minute load average, or None where the system has none."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
+
+
 def gemm_rate(n=2048, dtype=np.float32, repeats=5):
     """NumPy's large-GEMM rate in FLOP/s (2 n^3 flops per n x n product)."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
@@ -97,12 +149,14 @@ def gemm_rate(n=2048, dtype=np.float32, repeats=5):
 
 
 def machine(quick=False):
-    """Machine description and limits: cores, CPU, copy bandwidth, GEMM rates."""
+    """Machine description and limits: cores, CPU, in-place stream and copy
+    bandwidth, GEMM rates, last-level cache size."""
     import fastwb
 
     cfg = fastwb._runtime.config()
     # 16M elements even in quick mode: smaller arrays would measure the caches
     bw = copy_bandwidth(1 << 24, repeats=7 if quick else 15)
+    stream = stream_bandwidth(1 << 24, repeats=7 if quick else 15)
     gemm_n = 1024 if quick else 2048
     cpu = platform.processor() or ""
     try:
@@ -115,7 +169,7 @@ def machine(quick=False):
         "numpy": np.__version__, "fastwb": cfg["version"], "threads": fastwb.get_num_threads(),
         "blas": cfg["blas"], "openmp_runtime": cfg["openmp_runtime"], "wait_policy": cfg["wait_policy"],
         "torch": _torch_version(), "copy_GBps": {k: v / 1e9 for k, v in bw.items()},
-        "best_copy_GBps": max(bw.values()) / 1e9,
+        "best_copy_GBps": max(bw.values()) / 1e9, "stream_GBps": stream / 1e9, "llc_bytes": last_level_cache(),
         "gemm_GFLOPs": {"float32": gemm_rate(gemm_n, np.float32) / 1e9, "float64": gemm_rate(gemm_n, np.float64) / 1e9},
     }
 
@@ -335,7 +389,15 @@ def _train_flops(sizes, batch):
 
 
 def cases(quick, dtypes):
-    """The comparisons: (name, dtype, builder(threads) -> contenders, limit kind, work per call)."""
+    """The comparisons: (name, dtype, builder(threads) -> contenders, limit kind, work per call).
+
+    Work is FLOPs for GEMM-bound steps and, for memory-bound kernels, the
+    bytes one call moves: bytes read plus bytes written, where a write to an
+    array the call does not read costs twice (the CPU reads each line before
+    writing it: write-allocate).  In-place updates (the optimizers) read
+    every line they write, so they pay no such read.  Counted this way, a
+    kernel as fast as memory allows reaches the in-place stream bandwidth
+    (:func:`stream_bandwidth`), in place or not."""
     big = 1 << (20 if quick else 24)
     out = []
     for dt in dtypes:
@@ -347,7 +409,7 @@ def cases(quick, dtypes):
                         "GB/s", nbytes * size * big))
         for fn in ("relu", "sigmoid", "tanh"):
             out.append((f"{fn} {big >> 20}M", dt, lambda t, f=fn, d=dt: _elementwise_case(f, big, d, t), "GB/s",
-                        2 * size * big))
+                        3 * size * big))
         for act in ("identity", "relu", "leaky_relu", "sigmoid", "tanh"):
             for backward in (False, True):
                 label = f"linear {'fwd+bwd' if backward else 'fwd'} {act} 128x784x256"
@@ -355,12 +417,12 @@ def cases(quick, dtypes):
                 out.append((label, dt, lambda t, a=act, d=dt, bw=backward: _linear_case(a, d, t, bw), "GFLOP/s", flops))
         for n, c in ((128, 10), (4096, 1000)):
             out.append((f"softmax CE fwd+bwd {n}x{c}", dt, lambda t, n=n, c=c, d=dt: _xent_case(n, c, d, t),
-                        "GB/s", 2 * n * c * size))
-        # nominal traffic of one pass (read w; write pruned weights and a byte mask / the mask)
+                        "GB/s", 3 * n * c * size))
+        # nominal traffic of one pass (read w; write new pruned weights and a byte mask / the mask)
         out.append((f"prune_weights p90 {big >> 20}M", dt, lambda t, d=dt: _prune_case(big, d, t, False), "GB/s",
-                    (2 * size + 1) * big))
+                    (3 * size + 2) * big))
         out.append((f"exact-k prune 90% {big >> 20}M", dt, lambda t, d=dt: _prune_case(big, d, t, True), "GB/s",
-                    (size + 1) * big))
+                    (size + 2) * big))
         models = [([784, 256, 10], 128), ([16, 32, 32, 4], 32)]
         if not quick and np.dtype(dt) == np.float32:
             models.append(([4096, 4096, 4096, 10], 512))
@@ -380,10 +442,34 @@ def _once(fn):
     return time.perf_counter() - t0
 
 
+SPREAD_LIMIT = 0.2
+"""Two medians of the same comparison that differ by more than this (relative)
+make the comparison unstable: the report says so."""
+
+
+def halves_spread(times, num, den):
+    """How far apart the median paired ratio times[num] / times[den] is over
+    the first and over the second half of the repetitions: |a - b| / min(a, b)
+    (0 with fewer than two repetitions).  Load that comes or goes during a
+    comparison shows up here."""
+    r = np.asarray(times[num]) / np.asarray(times[den])
+    h = len(r) // 2
+    if h == 0:
+        return 0.0
+    a, b = float(np.median(r[:h])), float(np.median(r[h:]))
+    return abs(a - b) / min(a, b)
+
+
 def run(quick=False, threads=None, dtypes=("float32",), name_filter=None, progress=True):
-    """Run the comparisons; returns the report dict (machine, results, scaling)."""
+    """Run the comparisons; returns the report dict (machine, results, scaling).
+
+    The 1-minute load average is recorded before and after the run; every
+    result carries ``spread`` (:func:`halves_spread`, the largest over its
+    contenders); PyTorch figures timed in processes of their own replace the
+    in-process ones (:func:`merge_own_processes`)."""
     import fastwb
 
+    load_before = load_average()
     if threads:
         fastwb.set_num_threads(threads)
     threads = fastwb.get_num_threads()
@@ -401,17 +487,46 @@ def run(quick=False, threads=None, dtypes=("float32",), name_filter=None, progre
         t = interleaved(contenders, repeats=repeats, target_s=2e-3 if quick else 1e-2)
         med = {k: float(np.median(v)) for k, v in t.items()}
         rate = work / med["fastwb"] / 1e9
-        limit = info["best_copy_GBps"] if kind == "GB/s" else info["gemm_GFLOPs"][dt]
+        limit = info["stream_GBps"] if kind == "GB/s" else info["gemm_GFLOPs"][dt]
+        others = [k for k in t if k != "fastwb"]
+        llc = info.get("llc_bytes")
         results.append({
             "name": name, "dtype": dt, "median_s": med,
-            "speedup": {k: median_ratio(t, k, "fastwb") for k in t if k != "fastwb"},
+            "speedup": {k: median_ratio(t, k, "fastwb") for k in others},
             "rate": rate, "unit": kind, "fraction_of_limit": rate / limit,
+            "spread": max([halves_spread(t, k, "fastwb") for k in others], default=0.0),
+            "fits_in_cache": bool(kind == "GB/s" and llc and work <= llc),
         })
     scaling = size_scaling(quick, say) if not name_filter else {}
     thread_curve = thread_scaling(quick, say) if not name_filter else {}
     alone = own_processes(quick, threads, say) if not name_filter else None
-    return {"machine": info, "threads": threads, "quick": quick, "results": results, "size_scaling": scaling,
-            "thread_scaling": thread_curve, "own_processes": alone, "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    report = {"machine": info, "threads": threads, "quick": quick, "results": results, "size_scaling": scaling,
+              "thread_scaling": thread_curve, "own_processes": alone,
+              "load": {"before": load_before, "after": load_average(), "cores": os.cpu_count() or 1},
+              "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return merge_own_processes(report)
+
+
+def merge_own_processes(report):
+    """One PyTorch figure per workload: where a workload was also timed with
+    PyTorch and fastwb each alone in a process of its own (float32), that
+    ratio (the fair one: see the module docstring) replaces the in-process
+    one in ``speedup["torch"]`` and PyTorch's own-process time replaces
+    ``median_s["torch"]``; the in-process figures move to
+    ``torch_in_process``, and ``torch_measured`` says which is shown
+    ("own process" or "in process").  Returns the report, changed in place."""
+    alone = report.get("own_processes") or {}
+    ratios = alone.get("ratio", {})
+    for r in report["results"]:
+        if r["name"] in ratios and r["dtype"] == "float32" and r.get("torch_measured") != "own process":
+            if "torch" in r["speedup"]:
+                r["torch_in_process"] = {"median_s": r["median_s"]["torch"], "speedup": r["speedup"]["torch"]}
+            r["median_s"]["torch"] = alone["torch"][r["name"]]
+            r["speedup"]["torch"] = ratios[r["name"]]
+            r["torch_measured"] = "own process"
+        elif "torch" in r["speedup"]:
+            r["torch_measured"] = r.get("torch_measured", "in process")
+    return report
 
 
 def size_scaling(quick, say):
@@ -473,84 +588,6 @@ def thread_scaling(quick, say):
     return {"threads": counts, "seconds": curves, "cores": cores}
 
 
-# ---------------------------------------------------------------------------
-# reporting
-# ---------------------------------------------------------------------------
-
-def _fmt_time(s):
-    return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"
-
-
-def table(report):
-    """The results as text rows (one per comparison)."""
-    lines = [f"{'comparison':<42} {'dtype':<8} {'fastwb':>10} {'numpy':>10} {'torch':>10} "
-             f"{'x numpy':>8} {'x torch':>8} {'rate':>16} {'of limit':>8}"]
-    for r in report["results"]:
-        m, s = r["median_s"], r["speedup"]
-        times = [_fmt_time(m[k]) if k in m else "-" for k in ("numpy", "torch")]
-        ratios = [f"{s[k]:.2f}x" if k in s else "-" for k in ("numpy", "torch")]
-        lines.append(f"{r['name']:<42} {r['dtype']:<8} {_fmt_time(m['fastwb']):>10} {times[0]:>10} {times[1]:>10} "
-                     f"{ratios[0]:>8} {ratios[1]:>8} {r['rate']:>9.1f} {r['unit']:<6} "
-                     f"{100 * r['fraction_of_limit']:>7.0f}%")
-    return lines
-
-
-def machine_lines(report):
-    m = report["machine"]
-    blas = m["blas"] or {}
-    return [
-        f"machine: {m['cpu']}, {m['cores']} cores; {m['platform']}",
-        f"fastwb {m['fastwb']}, NumPy {m['numpy']} ({blas.get('internal_api')} {blas.get('version')}), "
-        f"PyTorch {m['torch'] or 'not installed'}, {report['threads']} threads, OpenMP wait policy (shared by "
-        f"fastwb and PyTorch): {m['wait_policy']}",
-        f"limits: copy {m['best_copy_GBps']:.1f} GB/s (NumPy {m['copy_GBps']['numpy']:.1f}, fastwb threaded "
-        f"{m['copy_GBps']['threads']:.1f}); GEMM float32 {m['gemm_GFLOPs']['float32']:.0f} GFLOP/s, "
-        f"float64 {m['gemm_GFLOPs']['float64']:.0f} GFLOP/s",
-    ]
-
-
-def figure(report):
-    """A matplotlib Figure: speedups per comparison, cost against size, time against threads."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(16, 11))
-    axes = fig.subplots(2, 2)
-    ax = axes[0, 0]
-    res = report["results"]
-    labels = [f"{r['name']} ({r['dtype'][5:]})" for r in res]
-    ypos = np.arange(len(res))
-    for i, impl in enumerate(("numpy", "torch")):
-        vals = [r["speedup"].get(impl, np.nan) for r in res]
-        ax.barh(ypos + 0.4 * i, vals, height=0.4, label=f"vs {impl}")
-    ax.axvline(1, color="k", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yticks(ypos + 0.2, labels, fontsize=6)
-    ax.set(title="fastwb speedup (median of paired ratios; >1 = fastwb faster)", xlabel="speedup")
-    ax.legend()
-    ax = axes[0, 1]
-    ax.barh(ypos, [100 * r["fraction_of_limit"] for r in res])
-    ax.set_yticks(ypos, labels, fontsize=6)
-    ax.set(title="share of the machine limit (copy GB/s or GEMM GFLOP/s)", xlabel="%")
-    ax = axes[1, 0]
-    sc = report.get("size_scaling") or {}
-    for name, secs in sc.get("seconds", {}).items():
-        ax.loglog(sc["sizes"], secs, marker="o", label=name)
-    ax.set(title="cost against problem size (float32)", xlabel="elements", ylabel="seconds per call")
-    if sc:
-        ax.legend(fontsize=7)
-    ax = axes[1, 1]
-    th = report.get("thread_scaling") or {}
-    for name, secs in th.get("seconds", {}).items():
-        ax.plot(th["threads"], secs, marker="o", label=name)
-    ax.set(title=f"time against thread count ({th.get('cores', '?')}-core machine)", xlabel="threads",
-           ylabel="seconds per call")
-    if th:
-        ax.legend(fontsize=7)
-    fig.suptitle(machine_lines(report)[0], fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 _ALONE = r"""
 import json, sys, time
 import numpy as np
@@ -594,8 +631,11 @@ print(json.dumps(out))
 def own_processes(quick, threads, say, rounds=5):
     """PyTorch and fastwb each alone in a fresh interpreter (PyTorch imported
     first, with its own OpenMP defaults), alternating, ``rounds`` times (a
-    process's GEMM speed varies on a shared host, so single rounds mislead);
-    median seconds per workload.  None without PyTorch."""
+    process's GEMM speed varies on a shared host, so single rounds mislead).
+
+    Returns ``{"torch": {workload: median s}, "fastwb": {...}, "ratio":
+    {workload: median over rounds of PyTorch / fastwb}, "spread": {workload:
+    largest / smallest round ratio - 1}, "rounds": n}``; None without PyTorch."""
     import subprocess
     import tempfile
 
@@ -603,17 +643,254 @@ def own_processes(quick, threads, say, rounds=5):
         return None
     runs = {"torch": [], "fastwb": []}
     for r in range(rounds):
+        got = {}
         for which in ("torch", "fastwb"):
             say(f"own process: {which} ({r + 1}/{rounds})")
             # from a neutral folder: "python -c" in a source checkout would import its uncompiled tree
             done = subprocess.run([sys.executable, "-c", _ALONE, which, "1" if quick else "0", str(threads)],
                                   capture_output=True, text=True, timeout=600, cwd=tempfile.gettempdir())
             if done.returncode == 0:
-                runs[which].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    if not runs["torch"] or not runs["fastwb"]:
+                got[which] = json.loads(done.stdout.strip().splitlines()[-1])
+        if len(got) == 2:               # rounds are pairs: a ratio needs both halves
+            for which, v in got.items():
+                runs[which].append(v)
+    if not runs["fastwb"]:
         return None
     keys = runs["fastwb"][0].keys()
-    return {which: {k: float(np.median([run[k] for run in r])) for k in keys} for which, r in runs.items()}
+    out = {which: {k: float(np.median([run[k] for run in r])) for k in keys} for which, r in runs.items()}
+    per_round = {k: [t[k] / f[k] for t, f in zip(runs["torch"], runs["fastwb"])] for k in keys}
+    out["ratio"] = {k: float(np.median(v)) for k, v in per_round.items()}
+    out["spread"] = {k: max(v) / min(v) - 1 for k, v in per_round.items()}
+    out["rounds"] = len(runs["fastwb"])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------
+
+OWN = "\u2020"        # dagger: a PyTorch figure timed in processes of their own
+CACHED = "*"          # a memory-bound kernel whose data fits in the last-level cache
+UNSTABLE = "!"        # the two halves of a comparison's repetitions disagree
+
+
+def _fmt_time(s):
+    return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"
+
+
+def _fmt_ratio(x):
+    """Every speedup and ratio of the report, in the table and the targets alike."""
+    return f"{x:.2f}x"
+
+
+def _fmt_share(r):
+    return f"{100 * r['fraction_of_limit']:.0f}%" + (CACHED if r.get("fits_in_cache") else "")
+
+
+def _cells(r):
+    """The table cells of one result, shared by the text and Markdown tables."""
+    m, s = r["median_s"], r["speedup"]
+    own = OWN if r.get("torch_measured") == "own process" else ""
+    times = [_fmt_time(m["numpy"]) if "numpy" in m else "-", _fmt_time(m["torch"]) + own if "torch" in m else "-"]
+    ratios = [_fmt_ratio(s["numpy"]) if "numpy" in s else "-", _fmt_ratio(s["torch"]) + own if "torch" in s else "-"]
+    name = r["name"] + (f" {UNSTABLE}" if r.get("spread", 0.0) > SPREAD_LIMIT else "")
+    return [name, r["dtype"], _fmt_time(m["fastwb"])] + times + ratios + [f"{r['rate']:.1f} {r['unit']}", _fmt_share(r)]
+
+
+HEADER = ["comparison", "dtype", "fastwb", "numpy", "torch", "x numpy", "x torch", "rate", "of limit"]
+
+
+def table(report):
+    """The results as text rows (one per comparison)."""
+    widths = [44, 8, 10, 10, 11, 8, 9, 16, 9]
+    rows = [HEADER] + [_cells(r) for r in report["results"]]
+    return [" ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
+
+
+def column_notes(report):
+    """What the columns and marks of the table mean, in sentences (text and Markdown)."""
+    m = report["machine"]
+    llc = m.get("llc_bytes")
+    cache = f"the {llc / (1 << 20):.0f} MiB last-level cache" if llc else "the last-level cache"
+    return [
+        "fastwb, numpy, torch: median seconds per call. Each repetition runs every contender once, in an order "
+        "that rotates between repetitions.",
+        "x numpy, x torch: how many times faster fastwb is than that contender (> 1: fastwb faster), the median "
+        "over repetitions of the paired ratio contender time / fastwb time.",
+        f"{OWN}: PyTorch and fastwb each timed alone in a fresh process of its own (median of the paired ratios "
+        "of alternating rounds; the time is PyTorch's there). In this process PyTorch shares fastwb's OpenMP "
+        "runtime and its passive wait policy, which slows its small parallel regions, so the own-process figure "
+        "is the fair one and is the only one shown (the JSON keeps the in-process one as torch_in_process). "
+        "PyTorch figures without the mark are from this process.",
+        "rate: fastwb's work per second: GFLOP/s of the step's GEMMs, or GB/s of memory traffic counted as bytes "
+        "read plus bytes written, a write to an array the call does not read counting twice (the CPU reads each "
+        "cache line before writing it: write-allocate).",
+        f"of limit: rate / the machine's limit: NumPy's large-GEMM rate of the dtype for GFLOP/s rows; for GB/s "
+        f"rows the in-place read+write stream bandwidth ({m.get('stream_GBps', float('nan')):.1f} GB/s), which, "
+        "like an in-place update, has no write-allocate traffic (a copy has: that is why copy bandwidth is not "
+        "the limit, in-place updates would pass it by up to 1.5x). A memory-bound kernel as fast as memory "
+        f"allows is near 100%. {CACHED}: the call's traffic is no more than {cache}, so it may run at cache "
+        "speed and pass 100%: that share says nothing about memory. A few percent over 100% is timing noise.",
+        f"{UNSTABLE}: unstable: the medians of the paired ratios over the first and over the second half of its "
+        f"repetitions differ by more than {100 * SPREAD_LIMIT:.0f}% (load changed during the comparison).",
+    ]
+
+
+def trust_warnings(report):
+    """Reasons not to trust the run's figures: the load average above the core
+    count before or after the run, comparisons whose repeated medians differ by
+    more than SPREAD_LIMIT (in-process halves, own-process rounds)."""
+    out = []
+    load = report.get("load") or {}
+    cores = load.get("cores") or report["machine"].get("cores") or 1
+    busy = [f"{v:.1f} {when}" for when, v in (("before", load.get("before")), ("after", load.get("after")))
+            if v is not None and v > cores]
+    if busy:
+        out.append(f"the load average ({', '.join(busy)} the run) was above the {cores} cores: other work competed "
+                   "for the CPUs, so times and ratios may be off by any amount; run again on an idle machine")
+    shaky = [f"{r['name']} {r['dtype']} ({100 * r['spread']:.0f}%)" for r in report["results"]
+             if r.get("spread", 0.0) > SPREAD_LIMIT]
+    if shaky:
+        more = f" and {len(shaky) - 6} more" if len(shaky) > 6 else ""
+        out.append(f"{len(shaky)} of {len(report['results'])} comparisons are unstable ({UNSTABLE}: the medians of "
+                   f"the two halves of their repetitions differ by more than {100 * SPREAD_LIMIT:.0f}%): "
+                   + ", ".join(shaky[:6]) + more)
+    alone = report.get("own_processes") or {}
+    wide = [f"{k} ({100 * v:.0f}%)" for k, v in (alone.get("spread") or {}).items() if v > SPREAD_LIMIT]
+    if wide:
+        out.append(f"the own-process rounds of PyTorch / fastwb differ by more than {100 * SPREAD_LIMIT:.0f}% "
+                   "(largest / smallest round): " + ", ".join(wide))
+    return out
+
+
+def load_line(report):
+    """One line on the machine's load during the run."""
+    load = report.get("load") or {}
+    fmt = (lambda v: "unknown" if v is None else f"{v:.2f}")
+    return (f"load average (1 min): {fmt(load.get('before'))} before, {fmt(load.get('after'))} after the run, "
+            f"on {load.get('cores', report['machine'].get('cores'))} cores")
+
+
+def machine_lines(report):
+    m = report["machine"]
+    blas = m["blas"] or {}
+    stream = f", in-place stream {m['stream_GBps']:.1f} GB/s" if "stream_GBps" in m else ""
+    return [
+        f"machine: {m['cpu']}, {m['cores']} cores; {m['platform']}",
+        f"fastwb {m['fastwb']}, NumPy {m['numpy']} ({blas.get('internal_api')} {blas.get('version')}), "
+        f"PyTorch {m['torch'] or 'not installed'}, {report['threads']} threads, OpenMP wait policy (shared by "
+        f"fastwb and PyTorch): {m['wait_policy']}",
+        f"limits: copy {m['best_copy_GBps']:.1f} GB/s (NumPy {m['copy_GBps']['numpy']:.1f}, fastwb threaded "
+        f"{m['copy_GBps']['threads']:.1f}){stream}; GEMM float32 {m['gemm_GFLOPs']['float32']:.0f} GFLOP/s, "
+        f"float64 {m['gemm_GFLOPs']['float64']:.0f} GFLOP/s",
+        load_line(report),
+    ]
+
+
+def own_process_rows(report):
+    """(workload, fastwb time, PyTorch time, PyTorch / fastwb, round spread) of the own-process runs."""
+    alone = report.get("own_processes")
+    if not alone:
+        return []
+    ratio = alone.get("ratio") or {k: alone["torch"][k] / v for k, v in alone["fastwb"].items()}
+    spread = alone.get("spread") or {}
+    return [(k, _fmt_time(v), _fmt_time(alone["torch"][k]), _fmt_ratio(ratio[k]),
+             f"{100 * spread[k]:.0f}%" if k in spread else "-") for k, v in alone["fastwb"].items()]
+
+
+def thread_rows(report):
+    """Header and rows of the thread-scaling table (empty without one)."""
+    th = report.get("thread_scaling") or {}
+    if not th:
+        return []
+    return [["workload"] + [f"{t} thread" + "s" * (t > 1) for t in th["threads"]]] + [
+        [name] + [_fmt_time(s) for s in secs] for name, secs in th["seconds"].items()]
+
+
+def size_rows(report):
+    """Header and rows of the cost-against-size table (empty without one)."""
+    sc = report.get("size_scaling") or {}
+    if not sc:
+        return []
+    return [["elements"] + list(sc["seconds"])] + [
+        [f"{n:,}"] + [_fmt_time(v[i]) for v in sc["seconds"].values()] for i, n in enumerate(sc["sizes"])]
+
+
+def _text_table(rows, first=30, other=12):
+    return ["  " + rows[i][0].ljust(first) + "".join(c.rjust(other) for c in rows[i][1:]) for i in range(len(rows))]
+
+
+def text_report(report):
+    """The whole report as the lines ``fastwb bench`` prints."""
+    lines = machine_lines(report) + [""] + table(report) + ["", "columns and marks:"]
+    lines += [f"  - {note}" for note in column_notes(report)]
+    alone = own_process_rows(report)
+    if alone:
+        lines += ["", f"PyTorch and fastwb each in its own process ({OWN} above; spread: largest / smallest round "
+                      "ratio - 1):"]
+        lines += _text_table([("workload", "fastwb", "PyTorch", "PyTorch/fastwb", "spread")] + alone, 30, 15)
+    rows = targets(report)
+    if rows:
+        lines += ["", "targets:"]
+        lines += [f"  {'ok  ' if ok else ('n/a ' if ok is None else 'MISS')} {d}: {v}" for d, v, ok in rows]
+    th = thread_rows(report)
+    if th:
+        lines += ["", f"thread scaling (seconds per call; {report['thread_scaling']['cores']}-core machine):"]
+        lines += _text_table(th)
+    sc = size_rows(report)
+    if sc:
+        lines += ["", "cost against problem size (float32, seconds per call):"]
+        lines += _text_table(sc, 12, 20)
+    warn = trust_warnings(report)
+    lines += [""] + ([f"WARNING: {w}" for w in warn] if warn else
+                     [f"spread: no comparison's repeated medians differ by more than {100 * SPREAD_LIMIT:.0f}% and "
+                      "the load average stayed within the core count"])
+    return lines
+
+
+def figure(report):
+    """A matplotlib Figure: speedups per comparison, cost against size, time against threads."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 11))
+    axes = fig.subplots(2, 2)
+    ax = axes[0, 0]
+    res = report["results"]
+    labels = [f"{r['name']} ({r['dtype'][5:]})" for r in res]
+    ypos = np.arange(len(res))
+    for i, impl in enumerate(("numpy", "torch")):
+        vals = [r["speedup"].get(impl, np.nan) for r in res]
+        ax.barh(ypos + 0.4 * i, vals, height=0.4, label=f"vs {impl}")
+    ax.axvline(1, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(ypos + 0.2, labels, fontsize=6)
+    ax.set(title="fastwb speedup (median of paired ratios; >1 = fastwb faster)", xlabel="speedup")
+    ax.legend()
+    ax = axes[0, 1]
+    ax.barh(ypos, [100 * r["fraction_of_limit"] for r in res])
+    ax.set_yticks(ypos, labels, fontsize=6)
+    ax.set(title="share of the machine limit (in-place stream GB/s or GEMM GFLOP/s; * in cache)", xlabel="%")
+    ax = axes[1, 0]
+    sc = report.get("size_scaling") or {}
+    for name, secs in sc.get("seconds", {}).items():
+        ax.loglog(sc["sizes"], secs, marker="o", label=name)
+    ax.set(title="cost against problem size (float32)", xlabel="elements", ylabel="seconds per call")
+    if sc:
+        ax.legend(fontsize=7)
+    ax = axes[1, 1]
+    th = report.get("thread_scaling") or {}
+    for name, secs in th.get("seconds", {}).items():
+        ax.plot(th["threads"], secs, marker="o", label=name)
+    ax.set(title=f"time against thread count ({th.get('cores', '?')}-core machine)", xlabel="threads",
+           ylabel="seconds per call")
+    if th:
+        ax.legend(fontsize=7)
+    fig.suptitle(machine_lines(report)[0], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 
 
 def _find(report, name, dtype="float32"):
@@ -621,46 +898,47 @@ def _find(report, name, dtype="float32"):
 
 
 def targets(report):
-    """The project's performance targets as (description, measured, met or None) rows."""
+    """The project's performance targets as (description, measured, met or None) rows.
+
+    Every figure is the very number of the table's row for that workload
+    (the same ratio, the same share, the same format), so the report never
+    says two things about one comparison."""
     rows = []
 
     def add(desc, value, ok):
         rows.append((desc, value, ok))
     big = "1M" if report["quick"] else "16M"
-    alone = report.get("own_processes")
 
-    def vs_torch(key):
-        """PyTorch / fastwb, each timed in its own process (None without those figures)."""
-        if alone and key in alone["torch"]:
-            return alone["torch"][key] / alone["fastwb"][key]
-        return None
+    def vs_torch(name, desc, goal):
+        r = _find(report, name)
+        if r and "torch" in r["speedup"]:
+            x = r["speedup"]["torch"]
+            how = f"each in its own process, {OWN}" if r.get("torch_measured") == "own process" else "both in this process"
+            add(f"{desc} ({how})", _fmt_ratio(x), goal(x))
+    vs_torch("train step 784-256-10 b128", "train step 784-256-10 f32: >= 1.5x faster than PyTorch (fused Adam)",
+             lambda x: x >= 1.5)
+    vs_torch("train step 16-32-32-4 b32", "tiny MLP step: >= 10x faster than PyTorch", lambda x: x >= 10)
+    vs_torch(f"Adam step {big}", f"Adam {big} f32: faster than PyTorch's fused Adam", lambda x: x > 1)
     step = _find(report, "train step 784-256-10 b128")
-    r = vs_torch("train step 784-256-10 b128")
-    if r is not None:
-        add("train step 784-256-10 f32: >= 1.5x faster than PyTorch (fused Adam; each in its own process)",
-            f"{r:.2f}x", r >= 1.5)
-    r = vs_torch("train step 16-32-32-4 b32")
-    if r is not None:
-        add("tiny MLP step: >= 10x faster than PyTorch (each in its own process)", f"{r:.1f}x", r >= 10)
-    r = vs_torch(f"Adam step {big}")
-    if r is not None:
-        add(f"Adam {big} f32: faster than PyTorch's fused Adam (each in its own process)", f"{r:.2f}x", r > 1)
     if step:
         s = step["speedup"]
         if "numpy" in s:
-            add("train step 784-256-10 f32: >= 1.5x faster than the NumPy twin", f"{s['numpy']:.2f}x", s["numpy"] >= 1.5)
+            add("train step 784-256-10 f32: >= 1.5x faster than the NumPy twin", _fmt_ratio(s["numpy"]),
+                s["numpy"] >= 1.5)
         if "gemms" in s:
-            add("train step 784-256-10 f32: within 1.25x of its own GEMMs", f"{1 / s['gemms']:.3f}x", 1 / s["gemms"] <= 1.25)
+            add("train step 784-256-10 f32: within 1.25x of its own GEMMs (time / GEMMs' time)",
+                _fmt_ratio(1 / s["gemms"]), 1 / s["gemms"] <= 1.25)
     adam = _find(report, f"Adam step {big}")
     if adam:
-        add(f"Adam {big} f32: >= 80% of copy bandwidth (28 B/elem)", f"{100 * adam['fraction_of_limit']:.0f}%",
-            adam["fraction_of_limit"] >= 0.8 if not report["quick"] else None)
+        met = None if report["quick"] or adam.get("fits_in_cache") else adam["fraction_of_limit"] >= 0.8
+        add(f"Adam {big} f32: >= 80% of the memory limit (28 B/elem against the in-place stream bandwidth)",
+            _fmt_share(adam), met)
     pr = _find(report, f"prune_weights p90 {big}")
     if pr:
-        add(f"prune_weights {big} f32: >= 5x the NumPy twin", f"{pr['speedup']['numpy']:.1f}x", pr["speedup"]["numpy"] >= 5)
-        if "torch" in pr["speedup"]:
-            add(f"prune_weights {big} f32: faster than torch l1_unstructured", f"{pr['speedup']['torch']:.1f}x",
-                pr["speedup"]["torch"] > 1)
+        add(f"prune_weights {big} f32: >= 5x the NumPy twin", _fmt_ratio(pr["speedup"]["numpy"]),
+            pr["speedup"]["numpy"] >= 5)
+    vs_torch(f"prune_weights p90 {big}", f"prune_weights {big} f32: faster than torch l1_unstructured",
+             lambda x: x > 1)
     th = report.get("thread_scaling") or {}
     for name, secs in th.get("seconds", {}).items():
         worst = secs[-1] / min(secs)
@@ -672,8 +950,13 @@ def targets(report):
     return rows
 
 
+def _md_table(rows):
+    return ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])] + [
+        "| " + " | ".join(row) + " |" for row in rows[1:]]
+
+
 def markdown(report, plot_name=None):
-    """BENCHMARKS.md text for a report."""
+    """BENCHMARKS.md text for a report: the same tables, notes and warnings as the text report."""
     out = ["# fastwb benchmarks", "",
            "Generated by `fastwb bench --markdown BENCHMARKS.md --plot benchmarks.png` on the machine below "
            f"({report['when']}); do not edit by hand.", "",
@@ -682,71 +965,72 @@ def markdown(report, plot_name=None):
            "pytest-benchmark suites: `pytest bench/ --benchmark-only`; the projects' targets: "
            "`python bench/targets.py`.", "", "## Machine", ""]
     out += [f"- {line}" for line in machine_lines(report)]
-    out += ["", "## Comparisons", "",
-            "Median time per call; speedups are medians of paired, interleaved ratios (>1: fastwb faster); "
-            "rate and share of the machine limit (copy bandwidth for memory-bound kernels, large-GEMM rate for "
-            "GEMM-bound steps).", "",
-            "| comparison | dtype | fastwb | NumPy | PyTorch | vs NumPy | vs PyTorch | rate | of limit |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for r in report["results"]:
-        m, s = r["median_s"], r["speedup"]
-        cells = [r["name"], r["dtype"], _fmt_time(m["fastwb"])]
-        cells += [_fmt_time(m[k]) if k in m else "-" for k in ("numpy", "torch")]
-        cells += [f"{s[k]:.2f}x" if k in s else "-" for k in ("numpy", "torch")]
-        cells += [f"{r['rate']:.1f} {r['unit']}", f"{100 * r['fraction_of_limit']:.0f}%"]
-        out.append("| " + " | ".join(cells) + " |")
-    alone = report.get("own_processes")
+    warn = trust_warnings(report)
+    if warn:
+        out += ["", "## Warnings", ""] + [f"- **{w}**" for w in warn]
+    out += ["", "## Comparisons", ""]
+    out += _md_table([HEADER] + [[c.replace("|", "\\|").replace("*", "\\*") for c in _cells(r)]
+                                 for r in report["results"]])
+    out += ["", "Columns and marks:", ""] + [f"- {note.replace('*', chr(92) + '*')}" for note in column_notes(report)]
+    alone = own_process_rows(report)
     if alone:
         out += ["", "## PyTorch and fastwb each in its own process", "",
-                "PyTorch's CPU wheel shares the system OpenMP runtime with fastwb, so in the comparisons above "
-                "it runs under fastwb's passive wait policy, which slows its small parallel regions. Here each "
-                "runs alone in a fresh interpreter, PyTorch imported first with its own defaults, alternating "
-                "five times (medians); the PyTorch targets below use these figures.", "",
-                "| workload | fastwb | PyTorch | PyTorch / fastwb |", "|---|---|---|---|"]
-        for k, v in alone["fastwb"].items():
-            out.append(f"| {k} | {_fmt_time(v)} | {_fmt_time(alone['torch'][k])} | {alone['torch'][k] / v:.2f}x |")
+                "Each runs alone in a fresh interpreter, PyTorch imported first with its own OpenMP defaults, "
+                "alternating rounds; times are medians, the ratio is the median of the per-round ratios, the "
+                f"spread is the largest over the smallest round ratio, less one. These are the {OWN} figures of "
+                "the table above and of the targets.", ""]
+        out += _md_table([["workload", "fastwb", "PyTorch", "PyTorch / fastwb", "spread"]] + [list(a) for a in alone])
     rows = targets(report)
     if rows:
         out += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
-        out += [f"| {d} | {v} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |" for d, v, ok in rows]
-    th = report.get("thread_scaling") or {}
+        out += [f"| {d} | {v.replace('*', chr(92) + '*')} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |"
+                for d, v, ok in rows]
+    th = thread_rows(report)
     if th:
-        out += ["", f"## Thread scaling ({th['cores']}-core machine above)", "",
-                "| workload | " + " | ".join(f"{t} threads" for t in th["threads"]) + " |",
-                "|---|" + "---|" * len(th["threads"])]
-        for name, secs in th["seconds"].items():
-            out.append(f"| {name} | " + " | ".join(_fmt_time(s) for s in secs) + " |")
-    sc = report.get("size_scaling") or {}
+        out += ["", f"## Thread scaling ({report['thread_scaling']['cores']}-core machine above)", ""] + _md_table(th)
+    sc = size_rows(report)
     if sc:
-        out += ["", "## Cost against problem size (float32, seconds per call)", "",
-                "| elements | " + " | ".join(sc["seconds"]) + " |", "|---|" + "---|" * len(sc["seconds"])]
-        for i, n in enumerate(sc["sizes"]):
-            out.append(f"| {n:,} | " + " | ".join(_fmt_time(v[i]) for v in sc["seconds"].values()) + " |")
+        out += ["", "## Cost against problem size (float32, seconds per call)", ""] + _md_table(sc)
     if plot_name:
         out += ["", f"![speedups, limits, scaling]({plot_name})"]
     return "\n".join(out) + "\n"
 
 
+def write_files(report, json_path=None, plot_path=None, markdown_path=None):
+    """Write the report's files, each atomically (:func:`fastwb._io.atomic_open`):
+    an interrupted or failed write leaves any previous file as it was.  The
+    figure is rendered in memory first (format from the extension, PNG when
+    there is none).  Returns the paths written."""
+    import io
+
+    from fastwb._io import atomic_open
+
+    written = []
+    if json_path:
+        text = json.dumps(report, indent=1, default=str)
+        with atomic_open(json_path, "w") as fh:
+            fh.write(text)
+        written.append(json_path)
+    if plot_path:
+        data = io.BytesIO()
+        figure(report).savefig(data, format=os.path.splitext(plot_path)[1][1:].lower() or "png", dpi=90)
+        with atomic_open(plot_path, "wb") as fh:
+            fh.write(data.getvalue())
+        written.append(plot_path)
+    if markdown_path:
+        text = markdown(report, os.path.basename(plot_path) if plot_path else None)
+        with atomic_open(markdown_path, "w") as fh:
+            fh.write(text)
+        written.append(markdown_path)
+    return written
+
+
 def main(args):
-    """``fastwb bench``: argparse namespace from fastwb.cli."""
+    """``fastwb bench``: argparse namespace from fastwb.cli (which has checked the output paths)."""
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     report = run(args.quick, args.threads, dtypes, args.filter, progress=not args.quiet)
-    for line in machine_lines(report) + [""] + table(report):
+    for line in text_report(report):
         print(line)
-    rows = targets(report)
-    if rows:
-        print("\ntargets:")
-        for d, v, ok in rows:
-            print(f"  {'ok  ' if ok else ('n/a ' if ok is None else 'MISS')} {d}: {v}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1, default=str)
-        print(f"wrote {args.json}")
-    if args.plot:
-        figure(report).savefig(args.plot, dpi=90)
-        print(f"wrote {args.plot}")
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(markdown(report, os.path.basename(args.plot) if args.plot else None))
-        print(f"wrote {args.markdown}")
+    for path in write_files(report, args.json, args.plot, args.markdown):
+        print(f"wrote {path}")
     return 0

@@ -21,6 +21,7 @@ from fastwb._validate import (
     ACTIVATIONS,
     activation_code,
     check_alpha,
+    disjoint_outputs,
     float_array,
     out_array,
     same_dtype,
@@ -73,7 +74,8 @@ def linear(x, W, b=None, activation="identity", alpha=0.01, out=None):
     b : (out,) array of the same dtype, or None for no bias
     activation : {"identity", "relu", "leaky_relu", "sigmoid", "tanh"}
     alpha : float >= 0, the negative slope of ``leaky_relu``
-    out : optional (n, out) C-contiguous array of the same dtype to write into
+    out : optional (n, out) C-contiguous array of the same dtype to write into;
+        it may overlap the inputs (they are then read from a copy)
 
     The GEMM is ``np.matmul(x, W, out=y)``; bias and activation are then one
     pass over ``y`` in place.  ``sigmoid`` is evaluated as ``1/(1+e)`` or
@@ -92,7 +94,8 @@ def linear(x, W, b=None, activation="identity", alpha=0.01, out=None):
     if b is not None and b.shape != (m,):
         raise ValueError(f"b has shape {b.shape}, expected ({m},) to match W of shape {W.shape}")
     y = out_array("out", out, (n, m), dtype)
-    np.matmul(x, W, out=y)
+    b = unaliased(b, y, inplace=False)      # the GEMM overwrites y before the bias is read
+    np.matmul(x, W, out=y)                  # (NumPy itself copies x or W where they overlap y)
     if y.size and (b is not None or code != _IDENTITY):
         _dense.bias_act_rows(y, b, y, code, alpha, plan_threads(y.size, _grain(code)))
     return y
@@ -121,7 +124,12 @@ def linear_backward(grad_y, y, x, W, activation="identity", alpha=0.01, need_gra
     W : (in, out) the weights
     need_grad_x : compute ``grad_x`` (False for a first layer)
     out : optional tuple ``(grad_x or None, grad_W, grad_b)`` of arrays to fill
-    work : optional (n, out) scratch array for ``dz`` (unused for identity)
+    work : optional (n, out) scratch array for ``dz`` (unused for identity);
+        it may be ``grad_y`` itself
+
+    The outputs must not overlap each other (ValueError); an input that
+    overlaps an output is read from a copy, so any ``out`` gives the same
+    numbers as fresh arrays.
     """
     code, alpha = activation_code(activation, alpha)
     grad_y = float_array("grad_y", grad_y, ndim=2)
@@ -144,13 +152,20 @@ def linear_backward(grad_y, y, x, W, activation="identity", alpha=0.01, need_gra
     gx = out_array("out[0] (grad_x)", out[0], (n, k), dtype) if need_grad_x else None
     gW = out_array("out[1] (grad_W)", out[1], (k, m), dtype)
     gb = out_array("out[2] (grad_b)", out[2], (m,), dtype)
+    dz = None if code == _IDENTITY else out_array("work", work, (n, m), dtype)
+    disjoint_outputs(**{"out[0] (grad_x)": gx, "out[1] (grad_W)": gW, "out[2] (grad_b)": gb, "work": dz})
+    # dz is written first, then gb, gW, gx: the inputs each pass reads must
+    # not be among what an earlier pass wrote (dz may be grad_y or y itself)
+    grad_y = unaliased(unaliased(grad_y, gx, gW, gb, inplace=False), dz)
+    y = unaliased(unaliased(y, gx, gW, gb, inplace=False), dz)
+    x = unaliased(x, gx, gW, gb, dz, inplace=False)
+    W = unaliased(W, gx, gW, gb, dz, inplace=False)
 
     if code == _IDENTITY:
         dz = grad_y
         if m:
             _dense.colsum(dz, gb, _column_threads(n, m, GRAIN_MEMORY))
     else:
-        dz = out_array("work", work, (n, m), dtype)
         if m:
             _dense.act_grad_colsum(grad_y, y, dz, gb, code, alpha, _column_threads(n, m, _grain(code)))
     np.matmul(x.T, dz, out=gW)

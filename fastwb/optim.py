@@ -19,11 +19,13 @@ also takes
 for other shapes or dtypes is rejected.
 """
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fastwb import _optim
 from fastwb._runtime import GRAIN_MEMORY, GRAIN_UPDATE, plan_threads
-from fastwb._validate import FLOAT_DTYPES
+from fastwb._validate import FLOAT_DTYPES, check_int, check_real, disjoint_outputs, same_view, unaliased
 
 __all__ = ["Optimizer", "SGD", "Momentum", "Adam", "AdamW", "RMSprop"]
 
@@ -41,31 +43,68 @@ def _check_params(params):
             raise TypeError(f"params[{i}] has dtype {p.dtype}; optimizers update float32 or float64 arrays")
         if not p.flags.c_contiguous or not p.flags.writeable:
             raise ValueError(f"params[{i}] must be a writeable C-contiguous array: it is updated in place")
+    disjoint_outputs(**{f"params[{i}]": p for i, p in enumerate(params)})
     return params
 
 
+def _hyper(hyper, names):
+    """The hyperparameter dict restricted to exactly ``names`` (ValueError naming
+    what is missing or unknown): for constructors and ``load_state_dict`` alike."""
+    if not isinstance(hyper, Mapping):
+        raise TypeError(f"hyperparameters must be a dict, got {type(hyper).__name__}")
+    missing = [n for n in names if n not in hyper]
+    unknown = sorted(set(hyper) - set(names), key=str)
+    if missing or unknown:
+        raise ValueError("hyperparameters do not match: "
+                         + "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                                     + ([f"unknown {', '.join(map(str, unknown))}"] if unknown else [])))
+    return hyper
+
+
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def _non_negative(name, value):
-    value = float(value)
-    if not value >= 0.0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+    return check_real(name, value, minimum=0.0)
+
+
+def _betas(betas):
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    return (check_real("betas[0]", beta1, 0.0, below=1.0), check_real("betas[1]", beta2, 0.0, below=1.0))
 
 
 class Optimizer:
     """Base class: parameter bookkeeping, masks, state I/O.  Subclasses define
-    ``_state_names`` (per-parameter state arrays) and ``_update``."""
+    ``_state_names`` (per-parameter state arrays), ``_check_hyper`` (the one
+    validation of their hyperparameters, shared by the constructor and
+    :meth:`load_state_dict`) and ``_update``.
+
+    Aliasing: the parameter arrays must not overlap each other (ValueError);
+    a gradient may be its own parameter array, and a gradient that overlaps
+    any other parameter is read from a copy.  An optimizer is not
+    thread-safe: step it from one thread at a time."""
 
     _state_names = ()
     _grain = GRAIN_MEMORY       # elements per thread worth waking a thread for
 
     def __init__(self, params, hyper, masks=None):
         self.params = _check_params(params)
-        self.hyper = hyper
+        self.hyper = self._check_hyper(hyper)
         self.step_count = 0
         self.state = [{name: np.zeros_like(p) for name in self._active_state()} for p in self.params]
         self.masks = [None] * len(self.params)
         if masks is not None:
             self.set_masks(masks)
+
+    @classmethod
+    def _check_hyper(cls, hyper):
+        raise NotImplementedError
 
     def _active_state(self):
         return self._state_names
@@ -87,31 +126,58 @@ class Optimizer:
 
     # -- masks ---------------------------------------------------------------
     def set_masks(self, masks):
-        """Install keep-masks (bool arrays shaped like the params, or None).
+        """Install keep-masks (bool arrays shaped like the params, or None), one per parameter.
 
         Pruned parameters are set to 0 now and held there; their state is set
         to 0 too, so that it neither drifts nor returns stale values should a
-        later mask revive them."""
+        later mask revive them.  The masks are copied."""
         masks = list(masks)
         if len(masks) != len(self.params):
             raise ValueError(f"got {len(masks)} masks for {len(self.params)} parameter arrays")
-        checked = []
-        for i, (p, m) in enumerate(zip(self.params, masks)):
-            if m is None:
-                checked.append(None)
-                continue
-            m = np.asarray(m)
-            if m.shape != p.shape:
-                raise ValueError(f"masks[{i}] has shape {m.shape}, but params[{i}] has shape {p.shape}")
-            if m.dtype != np.bool_:
-                raise TypeError(f"masks[{i}] must be a boolean keep-mask, got dtype {m.dtype}")
-            m = np.ascontiguousarray(m).view(np.uint8)
+        checked = [self._checked_mask(i, m) for i, m in enumerate(masks)]
+        for i, m in enumerate(checked):
+            self._install_mask(i, m)
+
+    def index_of(self, arrays):
+        """Positions of ``arrays`` among this optimizer's parameters (each must be one of them)."""
+        where = []
+        for j, a in enumerate(arrays):
+            found = [i for i, p in enumerate(self.params) if isinstance(a, np.ndarray) and same_view(a, p)]
+            if not found:
+                raise ValueError(f"arrays[{j}] is not one of the optimizer's parameter arrays")
+            where.append(found[0])
+        return where
+
+    def mask_params(self, arrays, masks):
+        """Install keep-masks for some of the parameters (``arrays``, each one
+        of :attr:`params`), leaving the others' masks as they are."""
+        where = self.index_of(arrays)
+        masks = list(masks)
+        if len(masks) != len(where):
+            raise ValueError(f"got {len(masks)} masks for {len(where)} arrays")
+        checked = [self._checked_mask(i, m) for i, m in zip(where, masks)]
+        for i, m in zip(where, checked):
+            self._install_mask(i, m)
+
+    def _checked_mask(self, i, m):
+        """Mask i as a private flat uint8 copy, or None."""
+        if m is None:
+            return None
+        p = self.params[i]
+        m = np.asarray(m)
+        if m.shape != p.shape:
+            raise ValueError(f"masks[{i}] has shape {m.shape}, but params[{i}] has shape {p.shape}")
+        if m.dtype != np.bool_:
+            raise TypeError(f"masks[{i}] must be a boolean keep-mask, got dtype {m.dtype}")
+        return np.array(m, dtype=np.bool_, order="C").reshape(-1).view(np.uint8)
+
+    def _install_mask(self, i, m):
+        if m is not None:
             off = m == 0
-            p[off] = 0
+            self.params[i].reshape(-1)[off] = 0
             for buf in self.state[i].values():
-                buf[off] = 0
-            checked.append(m.reshape(-1))
-        self.masks = checked
+                buf.reshape(-1)[off] = 0
+        self.masks[i] = m
 
     # -- stepping ------------------------------------------------------------
     def _grads(self, grads):
@@ -130,7 +196,11 @@ class Optimizer:
                 )
             if g.dtype != p.dtype:
                 raise TypeError(f"grads[{i}] has dtype {g.dtype}, but params[{i}] has dtype {p.dtype}")
-            out.append(np.ascontiguousarray(g).reshape(-1))
+            g = np.ascontiguousarray(g)
+            # its own parameter may be updated in place from it; any other overlap is read from a copy
+            others = [q for j, q in enumerate(self.params) if j != i]
+            g = unaliased(unaliased(g, *others, inplace=False), p)
+            out.append(g.reshape(-1))
         return out
 
     def step(self, grads):
@@ -165,30 +235,48 @@ class Optimizer:
 
     def load_state_dict(self, state_dict):
         """Restore a state saved by :meth:`state_dict` of the same optimizer
-        over parameters of the same shapes and dtypes."""
-        if state_dict.get("optimizer") != type(self).__name__:
-            raise ValueError(f"state is for optimizer {state_dict.get('optimizer')!r}, not {type(self).__name__!r}")
+        over parameters of the same shapes and dtypes.
+
+        Everything is validated before anything is changed, exactly as the
+        constructor validates its arguments: the hyperparameters, the step
+        count (an integer >= 0), every state array's name, shape and dtype,
+        and the masks.  A bad state raises and leaves the optimizer as it was."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        missing = [k for k in ("optimizer", "hyper", "step", "state") if k not in state_dict]
+        if missing:
+            raise ValueError(f"state_dict is missing {', '.join(missing)}")
+        if state_dict["optimizer"] != type(self).__name__:
+            raise ValueError(f"state is for optimizer {state_dict['optimizer']!r}, not {type(self).__name__!r}")
+        hyper = self._check_hyper(dict(_hyper(state_dict["hyper"], list(self.hyper))))
+        step = check_int("step", state_dict["step"], 0)
         states = state_dict["state"]
-        if len(states) != len(self.params):
-            raise ValueError(f"state holds {len(states)} parameter arrays, this optimizer has {len(self.params)}")
-        hyper = dict(state_dict["hyper"])
+        if not isinstance(states, (list, tuple)) or len(states) != len(self.params):
+            raise ValueError(f"state must be a list of {len(self.params)} dicts, one per parameter array")
         names = self._state_names_for(hyper)
+        loaded = []
         for i, (p, s) in enumerate(zip(self.params, states)):
-            if set(s) != set(names):
-                raise ValueError(f"state[{i}] holds {sorted(s)}, expected {sorted(names)}")
+            if not isinstance(s, Mapping) or set(s) != set(names):
+                held = sorted(s) if isinstance(s, Mapping) else type(s).__name__
+                raise ValueError(f"state[{i}] holds {held}, expected {sorted(names)}")
+            arrays = {}
             for k, v in s.items():
                 v = np.asarray(v)
                 if v.shape != p.shape or v.dtype != p.dtype:
                     raise ValueError(
                         f"state[{i}][{k!r}] is {v.dtype}{v.shape}, but params[{i}] is {p.dtype}{p.shape}"
                     )
-        self.hyper = hyper
-        self.step_count = int(state_dict["step"])
-        self.state = [{k: np.array(v, dtype=p.dtype, order="C") for k, v in s.items()}
-                      for p, s in zip(self.params, states)]
-        self.masks = [None] * len(self.params)
-        if any(m is not None for m in state_dict.get("masks", [])):
-            self.set_masks(state_dict["masks"])
+                arrays[k] = np.array(v, dtype=p.dtype, order="C")
+            loaded.append(arrays)
+        masks = state_dict.get("masks")
+        if masks is None:
+            masks = [None] * len(self.params)
+        if not isinstance(masks, (list, tuple)) or len(masks) != len(self.params):
+            raise ValueError(f"masks must be a list of {len(self.params)} entries (a bool array or None each)")
+        masks = [self._checked_mask(i, m) for i, m in enumerate(masks)]
+        self.hyper, self.step_count, self.state = hyper, step, loaded
+        for i, m in enumerate(masks):
+            self._install_mask(i, m)
 
     def _state_names_for(self, hyper):
         saved, self.hyper = self.hyper, hyper
@@ -215,17 +303,23 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                  l1=0.0, masks=None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, l1=l1), masks)
+
+    @classmethod
+    def _check_hyper(cls, h):
+        h = _hyper(h, ("lr", "momentum", "dampening", "weight_decay", "nesterov", "l1"))
         hyper = {
-            "lr": _non_negative("lr", lr),
-            "momentum": _non_negative("momentum", momentum),
-            "dampening": float(dampening),
-            "weight_decay": _non_negative("weight_decay", weight_decay),
-            "nesterov": bool(nesterov),
-            "l1": _non_negative("l1", l1),
+            "lr": _non_negative("lr", h["lr"]),
+            "momentum": _non_negative("momentum", h["momentum"]),
+            "dampening": check_real("dampening", h["dampening"]),
+            "weight_decay": _non_negative("weight_decay", h["weight_decay"]),
+            "nesterov": _flag("nesterov", h["nesterov"]),
+            "l1": _non_negative("l1", h["l1"]),
         }
         if hyper["nesterov"] and (hyper["momentum"] <= 0 or hyper["dampening"] != 0):
             raise ValueError("nesterov momentum requires momentum > 0 and dampening = 0 (as in PyTorch)")
-        super().__init__(params, hyper, masks)
+        return hyper
 
     def _active_state(self):
         return ("momentum_buffer",) if self.hyper["momentum"] != 0 else ()
@@ -249,13 +343,12 @@ class Momentum(Optimizer):
     _state_names = ("velocity",)
 
     def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=0.0, l1=0.0, masks=None):
-        hyper = {
-            "lr": _non_negative("lr", lr),
-            "momentum": _non_negative("momentum", momentum),
-            "weight_decay": _non_negative("weight_decay", weight_decay),
-            "l1": _non_negative("l1", l1),
-        }
-        super().__init__(params, hyper, masks)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, l1=l1), masks)
+
+    @classmethod
+    def _check_hyper(cls, h):
+        h = _hyper(h, ("lr", "momentum", "weight_decay", "l1"))
+        return {name: _non_negative(name, h[name]) for name in ("lr", "momentum", "weight_decay", "l1")}
 
     def _update(self, p, g, state, mask, n_threads):
         h = self.hyper
@@ -284,18 +377,20 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
                  l1=0.0, masks=None):
-        beta1, beta2 = (float(b) for b in betas)
-        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-            raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)}")
-        hyper = {
-            "lr": _non_negative("lr", lr),
-            "betas": (beta1, beta2),
-            "eps": _non_negative("eps", eps),
-            "weight_decay": _non_negative("weight_decay", weight_decay),
-            "amsgrad": bool(amsgrad),
-            "l1": _non_negative("l1", l1),
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      l1=l1), masks)
+
+    @classmethod
+    def _check_hyper(cls, h):
+        h = _hyper(h, ("lr", "betas", "eps", "weight_decay", "amsgrad", "l1"))
+        return {
+            "lr": _non_negative("lr", h["lr"]),
+            "betas": _betas(h["betas"]),
+            "eps": _non_negative("eps", h["eps"]),
+            "weight_decay": _non_negative("weight_decay", h["weight_decay"]),
+            "amsgrad": _flag("amsgrad", h["amsgrad"]),
+            "l1": _non_negative("l1", h["l1"]),
         }
-        super().__init__(params, hyper, masks)
 
     def _active_state(self):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.hyper["amsgrad"] else ())
@@ -340,16 +435,16 @@ class RMSprop(Optimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
                  l1=0.0, masks=None):
-        hyper = {
-            "lr": _non_negative("lr", lr),
-            "alpha": _non_negative("alpha", alpha),
-            "eps": _non_negative("eps", eps),
-            "weight_decay": _non_negative("weight_decay", weight_decay),
-            "momentum": _non_negative("momentum", momentum),
-            "centered": bool(centered),
-            "l1": _non_negative("l1", l1),
-        }
-        super().__init__(params, hyper, masks)
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                      centered=centered, l1=l1), masks)
+
+    @classmethod
+    def _check_hyper(cls, h):
+        h = _hyper(h, ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "l1"))
+        hyper = {name: _non_negative(name, h[name]) for name in ("lr", "alpha", "eps", "weight_decay", "momentum")}
+        hyper["centered"] = _flag("centered", h["centered"])
+        hyper["l1"] = _non_negative("l1", h["l1"])
+        return hyper
 
     def _active_state(self):
         h = self.hyper

@@ -21,7 +21,7 @@ import numpy as np
 
 from fastwb import _prune
 from fastwb._runtime import GRAIN_MEMORY, plan_threads
-from fastwb._validate import float_array, out_array
+from fastwb._validate import check_int, check_real, disjoint_outputs, float_array, out_array, unaliased
 
 __all__ = [
     "magnitude_threshold",
@@ -126,7 +126,9 @@ def magnitude_prune(weights, percentile=90, out=None, mask_out=None):
     ``prune_weights``: ``mask = |w| >= threshold`` (``threshold`` from
     :func:`magnitude_threshold`), ``pruned_weights = weights * mask`` and
     ``sparsity = 1 - kept / size``.  ``out`` (may be ``weights`` itself, to
-    prune in place) and ``mask_out`` (a bool array) receive the results.
+    prune in place) and ``mask_out`` (a bool array) receive the results; they
+    must not overlap each other, and weights that overlap them otherwise are
+    read from a copy.
     """
     p = _check_percentile(percentile)
     w, flat = _flat("weights", weights)
@@ -134,6 +136,9 @@ def magnitude_prune(weights, percentile=90, out=None, mask_out=None):
         raise ValueError("weights is empty: nothing to prune")
     pruned = out_array("out", out, w.shape, w.dtype)
     mask = out_array("mask_out", mask_out, w.shape, np.dtype(np.bool_))
+    disjoint_outputs(out=pruned, mask_out=mask)
+    w = unaliased(unaliased(w, mask, inplace=False), pruned)
+    flat = w.reshape(-1)
     ws = _workspace(flat.size)
     threshold = _threshold(flat, p, ws)
     kept = _prune.prune_threshold(flat, pruned.reshape(-1), mask.reshape(-1).view(np.uint8), float(threshold),
@@ -213,8 +218,9 @@ def apply_mask(weights, mask):
     mask = np.asarray(mask)
     if mask.dtype != np.bool_ or mask.shape != weights.shape:
         raise ValueError(f"mask must be a bool array of shape {weights.shape}, got {mask.dtype}{mask.shape}")
+    mask = unaliased(np.ascontiguousarray(mask), weights, inplace=False)
     if weights.size:
-        _prune.apply_mask(weights.reshape(-1), np.ascontiguousarray(mask).reshape(-1).view(np.uint8),
+        _prune.apply_mask(weights.reshape(-1), mask.reshape(-1).view(np.uint8),
                           plan_threads(weights.size, GRAIN_MEMORY))
     return weights
 
@@ -263,21 +269,22 @@ class LinearSchedule:
     ``prune_steps // 10``, which is 0 for fewer than 10 steps.)"""
 
     def __init__(self, initial_sparsity=0.0, target_sparsity=0.9, prune_steps=10):
-        _check_sparsities(initial_sparsity, target_sparsity)
-        if int(prune_steps) < 1:
-            raise ValueError(f"prune_steps must be >= 1, got {prune_steps}")
-        self.initial_sparsity = float(initial_sparsity)
-        self.target_sparsity = float(target_sparsity)
-        self.prune_steps = int(prune_steps)
+        self.initial_sparsity, self.target_sparsity = _check_sparsities(initial_sparsity, target_sparsity)
+        self.prune_steps = check_int("prune_steps", prune_steps, 1)
         self.step_size = (self.target_sparsity - self.initial_sparsity) / self.prune_steps
         self.every = max(1, self.prune_steps // 10)
 
     def __call__(self, step):
-        """Target sparsity after ``step`` steps (step 0: the initial sparsity)."""
-        s = self.initial_sparsity
-        for _ in range(int(step) // self.every):
-            s = min(s + self.step_size, self.target_sparsity)
-        return s
+        """Target sparsity after ``step`` steps (step 0: the initial sparsity),
+        in O(1): ``min(initial + k * step_size, target)`` with ``k = step // every``
+        increments so far (the slides add the increment k times; the sum is
+        the same up to rounding, and exactly the target once it is reached)."""
+        k = _check_step(step) // self.every
+        if k == 0:
+            return self.initial_sparsity
+        if k >= self.prune_steps:
+            return self.target_sparsity
+        return min(self.initial_sparsity + k * self.step_size, self.target_sparsity)
 
 
 class CubicSchedule:
@@ -291,17 +298,13 @@ class CubicSchedule:
     """
 
     def __init__(self, initial_sparsity=0.0, final_sparsity=0.9, begin_step=0, n_steps=100, frequency=1):
-        _check_sparsities(initial_sparsity, final_sparsity)
-        if int(n_steps) < 1 or int(frequency) < 1 or int(begin_step) < 0:
-            raise ValueError("n_steps and frequency must be >= 1 and begin_step >= 0")
-        self.initial_sparsity = float(initial_sparsity)
-        self.final_sparsity = float(final_sparsity)
-        self.begin_step = int(begin_step)
-        self.n_steps = int(n_steps)
-        self.frequency = int(frequency)
+        self.initial_sparsity, self.final_sparsity = _check_sparsities(initial_sparsity, final_sparsity)
+        self.begin_step = check_int("begin_step", begin_step, 0)
+        self.n_steps = check_int("n_steps", n_steps, 1)
+        self.frequency = check_int("frequency", frequency, 1)
 
     def __call__(self, step):
-        t = int(step) - self.begin_step
+        t = _check_step(step) - self.begin_step
         if t < 0:
             return self.initial_sparsity
         span = self.n_steps * self.frequency
@@ -310,9 +313,14 @@ class CubicSchedule:
         return sf + (s0 - sf) * (1.0 - t / span) ** 3
 
 
+def _check_step(step):
+    """A schedule's step: an integer >= 0."""
+    return check_int("step", step, 0)
+
+
 def _check_sparsities(initial, final):
-    if not (0.0 <= float(initial) <= 1.0 and 0.0 <= float(final) <= 1.0):
-        raise ValueError(f"sparsities must lie in [0, 1], got {initial} and {final}")
+    return (check_real("initial sparsity", initial, 0.0, 1.0),
+            check_real("final (target) sparsity", final, 0.0, 1.0))
 
 
 class GradualPruner:
@@ -323,12 +331,16 @@ class GradualPruner:
     all together (``scope="global"``) to that sparsity by magnitude with
     :func:`l1_unstructured`.  Pruned weights are 0, so they stay pruned: masks
     only grow.  The masks are applied to the arrays and, when an optimizer is
-    given, installed in it so the weights stay at exactly 0.
+    given, installed in it so the weights stay at exactly 0.  The optimizer
+    may hold more arrays than are pruned (the biases, say): each pruned array
+    must be one of its parameters, and the others keep their masks.
     """
 
     def __init__(self, params, schedule, optimizer=None, scope="layer"):
         _check_scope(scope)
         self.params = list(params) if not isinstance(params, np.ndarray) else [params]
+        if optimizer is not None:
+            optimizer.index_of(self.params)         # each pruned array must be one of its parameters
         self.schedule = schedule
         self.optimizer = optimizer
         self.scope = scope
@@ -346,9 +358,10 @@ class GradualPruner:
 
     def prune_to(self, target):
         """Prune every array (or all together) to ``target`` sparsity now."""
+        target = check_real("target sparsity", target, 0.0, 1.0)
         self.masks = grow_masks(self.params, target, self.scope, self.masks)
         if self.optimizer is not None:
-            self.optimizer.set_masks(self.masks)
+            self.optimizer.mask_params(self.params, self.masks)
         self.current = target
 
     def sparsities(self):

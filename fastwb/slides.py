@@ -18,7 +18,9 @@ slides have bugs, fastwb does the right thing and says so:
   steps) and keeps pruned weights pruned (the slide recomputes the mask from
   already-pruned weights, so once the zeros reach the percentile the
   threshold drops to 0 and every pruned weight is revived); its masks are
-  always boolean.
+  always boolean.  Its k-th sparsity is ``initial + k * increment`` (the
+  target exactly from the last increment on), computed in O(1); the slide
+  adds the increment k times, which differs in the last bits.
 
 Random functions take an optional ``rng`` (Generator or seed); without one
 they draw from NumPy's global state, as the slides do, so ``np.random.seed``

@@ -72,3 +72,14 @@ def exact_loss(z, labels):
     from fastwb.reference import softmax_cross_entropy
 
     return softmax_cross_entropy(np.asarray(z, np.float64), labels)[0]
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_count():
+    """Every test starts with the thread count the session started with: a test
+    that changes it (the CLI's --threads runs in-process) does not leak into the next."""
+    from fastwb import _runtime
+
+    before = _runtime._threads.max_threads()
+    yield
+    _runtime._threads.set_max_threads(before)

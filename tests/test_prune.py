@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from conftest import THREADS
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -190,9 +190,67 @@ def test_gradual_pruner_reaches_target_and_keeps_zeros(scope, rng):
     (lambda: prune.global_unstructured([np.ones(3), np.ones(2, np.float32)], 0.5), TypeError, "mixed dtypes"),
     (lambda: prune.apply_mask(np.ones(3), np.ones(3)), ValueError, "bool array"),
     (lambda: prune.GradualPruner([np.ones(3)], prune.CubicSchedule(), scope="all"), ValueError, "scope"),
-    (lambda: prune.CubicSchedule(0.0, 1.5), ValueError, "sparsities"),
+    (lambda: prune.CubicSchedule(0.0, 1.5), ValueError, "sparsity must be <= 1.0"),
     (lambda: prune.LinearSchedule(0.0, 0.5, 0), ValueError, "prune_steps"),
 ])
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------
+# reliability: O(1) schedules, pruners over an optimizer holding more arrays
+# ---------------------------------------------------------------------------
+
+def test_linear_schedule_costs_constant_time_per_call():
+    import time
+
+    s = prune.LinearSchedule(0.0, 0.9, prune_steps=10**9)
+    t0 = time.perf_counter()
+    values = [s(step) for step in (0, 10**7, 10**12, 10**18)]
+    assert time.perf_counter() - t0 < 0.05           # the old loop took 4.35 s at step 1e7 alone
+    assert values[0] == 0.0 and values[-1] == 0.9
+    assert values[1] == pytest.approx(0.9 * (10**7 // 10**8) / 10**9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(initial=st.floats(0, 1), target=st.floats(0, 1), prune_steps=st.integers(1, 50), step=st.integers(0, 600))
+def test_linear_schedule_equals_the_slides_accumulation_up_to_rounding(initial, target, prune_steps, step):
+    initial, target = min(initial, target), max(initial, target)   # (the slides' loop overshoots a falling one)
+    s = prune.LinearSchedule(initial, target, prune_steps)
+    acc = initial
+    for _ in range(step // max(1, prune_steps // 10)):
+        acc = min(acc + (target - initial) / prune_steps, target)
+    assert s(step) == pytest.approx(acc, abs=1e-12)
+    assert s(step) == (target if step // s.every >= prune_steps else s(step))
+
+
+@pytest.mark.parametrize("bad,exc", [(-1, ValueError), (1.5, TypeError), ("3", TypeError), (True, TypeError)])
+def test_schedules_reject_bad_steps(bad, exc):
+    for schedule in (prune.LinearSchedule(), prune.CubicSchedule()):
+        with pytest.raises(exc, match="step"):
+            schedule(bad)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"n_steps": 0}, "n_steps"), ({"frequency": 2.5}, "frequency"),
+                                          ({"begin_step": -1}, "begin_step"), ({"final_sparsity": float("nan")},
+                                                                               "sparsity")])
+def test_cubic_schedule_rejects_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        prune.CubicSchedule(**kwargs)
+
+
+def test_gradual_pruner_with_an_optimizer_that_also_holds_biases():
+    rng = np.random.default_rng(0)
+    W1, b1 = rng.standard_normal((8, 4)), np.zeros(4)
+    W2, b2 = rng.standard_normal((4, 2)), np.zeros(2)
+    opt = optim.Adam([W1, b1, W2, b2], lr=1e-2)
+    pruner = prune.GradualPruner([W1, W2], prune.CubicSchedule(0.0, 0.5, n_steps=4), opt)
+    for _ in range(6):
+        pruner.step()
+        opt.step([np.ones_like(a) for a in (W1, b1, W2, b2)])
+    assert pruner.sparsities() == [0.5, 0.5]
+    assert np.count_nonzero(W1 == 0) == 16 and np.count_nonzero(W2 == 0) == 4
+    assert opt.masks[1] is None and opt.masks[3] is None and np.all(b1 != 0)
+    with pytest.raises(ValueError, match="not one of the optimizer's parameter arrays"):
+        prune.GradualPruner([np.zeros(3)], prune.CubicSchedule(), opt)

@@ -10,6 +10,21 @@ def _check_activation(activation):
         raise ValueError(f"unknown activation {activation!r}; valid names are {', '.join(map(repr, ACTIVATIONS))}")
 
 
+def _private(a, *outs):
+    """``a``, copied when it shares memory with any of ``outs``: inputs are read
+    as they were before any output was written (fastwb's aliasing rule)."""
+    if a is not None and any(o is not None and np.may_share_memory(a, o) for o in outs):
+        return np.array(a, copy=True)
+    return a
+
+
+def _disjoint(*outs):
+    """ValueError when two outputs share memory (each result needs its own array)."""
+    outs = [o for o in outs if o is not None]
+    if any(np.may_share_memory(a, b) for i, a in enumerate(outs) for b in outs[i + 1:]):
+        raise ValueError("two outputs share memory; give each result its own array")
+
+
 def _store(result, out):
     if out is None:
         return result
@@ -76,6 +91,7 @@ _BACKWARD = {"relu": relu_backward, "sigmoid": sigmoid_backward, "tanh": tanh_ba
 
 def linear(x, W, b=None, activation="identity", alpha=0.01, out=None):
     _check_activation(activation)
+    b = _private(b, out)
     y = np.matmul(x, W, out=out)
     if b is not None:
         y += b
@@ -89,6 +105,9 @@ def linear(x, W, b=None, activation="identity", alpha=0.01, out=None):
 def linear_backward(grad_y, y, x, W, activation="identity", alpha=0.01, need_grad_x=True, out=None, work=None):
     _check_activation(activation)
     gx, gW, gb = out if out is not None else (None, None, None)
+    outs = (gx, gW, gb, work)
+    _disjoint(*outs)
+    grad_y, y, x, W = (_private(a, *outs) for a in (grad_y, y, x, W))
     if activation == "identity":
         dz = grad_y
     elif activation == "leaky_relu":

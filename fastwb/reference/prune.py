@@ -2,12 +2,17 @@
 
 import numpy as np
 
+from fastwb.reference.functional import _disjoint
+
 
 def magnitude_threshold(weights, percentile):
     return np.percentile(np.abs(weights), float(percentile))
 
 
 def magnitude_prune(weights, percentile=90, out=None, mask_out=None):
+    _disjoint(out, mask_out)
+    if any(o is not None and np.may_share_memory(weights, o) for o in (out, mask_out)):
+        weights = np.array(weights, copy=True)
     threshold = np.percentile(np.abs(weights), float(percentile))
     mask = np.greater_equal(np.abs(weights), threshold, out=mask_out)
     pruned = np.multiply(weights, mask, out=out)

@@ -94,7 +94,7 @@ class AdamOptimizer:
 
 class DynamicPruningOptimizer:
     def __init__(self, initial_sparsity=0.0, target_sparsity=0.9, prune_steps=10):
-        self.current_sparsity = initial_sparsity
+        self.initial_sparsity = self.current_sparsity = initial_sparsity
         self.target_sparsity = target_sparsity
         self.prune_steps = prune_steps
         self.step_size = (target_sparsity - initial_sparsity) / prune_steps
@@ -109,7 +109,11 @@ class DynamicPruningOptimizer:
 
     def apply_pruning(self, weights, gradients):
         self.step_count += 1
-        if self.step_count % max(1, self.prune_steps // 10) == 0:
-            self.current_sparsity = min(self.current_sparsity + self.step_size, self.target_sparsity)
+        every = max(1, self.prune_steps // 10)
+        if self.step_count % every == 0:
+            # the k-th increment, as initial + k * step (the slides add it k times: equal up to rounding)
+            k = self.step_count // every
+            self.current_sparsity = (self.target_sparsity if k >= self.prune_steps else  # k >= 1 here
+                                     min(self.initial_sparsity + k * self.step_size, self.target_sparsity))
         self.mask = np.ones(np.shape(weights), bool) if self.mask is None else self.update_mask(weights)
         return weights * self.mask, gradients * self.mask, self.mask

@@ -1,0 +1,255 @@
+"""The benchmark report says one thing per comparison, explains itself and warns
+when its figures cannot be trusted (issue 8, "Also"); its files are written
+atomically.  Built on small synthetic reports, plus one run of the quickest
+mode."""
+
+import copy
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from fastwb import benchmark as B
+
+
+def _row(name, fastwb, numpy=None, torch=None, unit="GB/s", share=0.5, spread=0.0, cached=False, dtype="float32"):
+    med = {"fastwb": fastwb}
+    speed = {}
+    for key, t in (("numpy", numpy), ("torch", torch)):
+        if t is not None:
+            med[key] = t
+            speed[key] = t / fastwb
+    return {"name": name, "dtype": dtype, "median_s": med, "speedup": speed, "rate": 10.0, "unit": unit,
+            "fraction_of_limit": share, "spread": spread, "fits_in_cache": cached}
+
+
+def synthetic(load=(0.4, 0.6), own=True):
+    """A quick-mode report like the one of the issue: in this process PyTorch's
+    training step looks 1.64x slower than fastwb's, in processes of their own
+    0.65x; two memory-bound rows in cache at 243% and 293% of the limit."""
+    results = [
+        _row("Adam step 1M", 1e-3, numpy=12e-3, torch=1.2e-3, share=2.43, cached=True),
+        _row("SGD-momentum step 1M", 1e-3, numpy=7e-3, torch=4e-3, share=2.93, cached=True),
+        _row("prune_weights p90 1M", 1e-3, numpy=6e-3, torch=50e-3, share=0.14),
+        _row("train step 784-256-10 b128", 1e-3, numpy=1.6e-3, torch=1.64e-3, unit="GFLOP/s", share=0.6),
+    ]
+    results[-1]["speedup"]["gemms"] = 0.9
+    report = {
+        "machine": {"cpu": "test CPU", "cores": 2, "platform": "test", "python": "3", "numpy": np.__version__,
+                    "fastwb": "0", "threads": 2, "blas": {}, "openmp_runtime": "", "wait_policy": "passive",
+                    "torch": "2", "copy_GBps": {"numpy": 20.0, "threads": 30.0}, "best_copy_GBps": 30.0,
+                    "stream_GBps": 45.0, "llc_bytes": 32 << 20,
+                    "gemm_GFLOPs": {"float32": 190.0, "float64": 65.0}},
+        "threads": 2, "quick": True, "results": results,
+        "size_scaling": {"sizes": [1024, 4096], "seconds": {"Adam step": [1e-6, 3e-6], "relu": [5e-7, 9e-7]}},
+        "thread_scaling": {"threads": [1, 2], "cores": 2,
+                           "seconds": {"Adam step 1M": [2e-3, 1.1e-3], "train step 784-256-10 b128": [1e-3, 7e-4]}},
+        "own_processes": None, "load": {"before": load[0], "after": load[1], "cores": 2}, "when": "now",
+    }
+    if own:
+        report["own_processes"] = {
+            "torch": {"train step 784-256-10 b128": 0.65e-3, "Adam step 1M": 1.5e-3},
+            "fastwb": {"train step 784-256-10 b128": 1e-3, "Adam step 1M": 1e-3},
+            "ratio": {"train step 784-256-10 b128": 0.65, "Adam step 1M": 1.5},
+            "spread": {"train step 784-256-10 b128": 0.05, "Adam step 1M": 0.1}, "rounds": 5}
+    return B.merge_own_processes(report)
+
+
+def _table_cells(lines, name):
+    """The cells of the text table's row for ``name`` (float32)."""
+    for line in lines:
+        if line.startswith(name + " ") and " float32 " in line:
+            return line[len(name):].split()
+    raise AssertionError(f"no table row for {name!r}")
+
+
+def _target(lines, *words):
+    hits = [line for line in lines if line[:6] in ("  ok  ", "  MISS", "  n/a ") and all(w in line for w in words)]
+    assert len(hits) == 1, (words, hits)
+    return hits[0].rsplit(": ", 1)[1]
+
+
+def test_one_pytorch_figure_per_workload():
+    report = synthetic()
+    lines = B.text_report(report)
+    text = "\n".join(lines)
+    cells = _table_cells(lines, "train step 784-256-10 b128")
+    # the own-process ratio is the table's and the target's, marked, and the in-process one is gone
+    assert "0.65x" + B.OWN in cells
+    assert _target(lines, "784-256-10", "PyTorch") == "0.65x"
+    assert "1.64x" not in text and "1.64x" not in B.markdown(report)
+    row = B._find(report, "train step 784-256-10 b128")
+    assert row["torch_in_process"]["speedup"] == pytest.approx(1.64)
+    assert row["speedup"]["torch"] == 0.65 and row["torch_measured"] == "own process"
+    assert "each in its own process" in [line for line in lines if "1.5x faster than PyTorch" in line][0]
+
+
+def test_in_process_pytorch_figures_are_labelled():
+    lines = B.text_report(synthetic())
+    cells = _table_cells(lines, "prune_weights p90 1M")
+    assert "50.00x" in cells and B.OWN not in " ".join(cells)
+    assert _target(lines, "prune_weights", "torch") == "50.00x"
+    assert "both in this process" in [line for line in lines if "torch l1_unstructured" in line][0]
+
+
+def test_merging_twice_changes_nothing():
+    report = synthetic()
+    again = B.merge_own_processes(copy.deepcopy(report))
+    assert again["results"] == report["results"]
+
+
+def test_every_target_figure_is_the_table_figure():
+    report = synthetic()
+    lines = B.text_report(report)
+    for name, words in (("Adam step 1M", ("Adam 1M", "PyTorch")), ("prune_weights p90 1M", ("prune_weights", "NumPy")),
+                        ("train step 784-256-10 b128", ("784-256-10", "NumPy twin"))):
+        value = _target(lines, *words)
+        assert value.strip("*") and any(c.rstrip(B.OWN) == value for c in _table_cells(lines, name)), (name, value)
+    share = _target(lines, "Adam 1M", "memory limit")
+    assert share == "243%*" and share in _table_cells(lines, "Adam step 1M")
+
+
+def test_shares_above_100_percent_are_marked_and_explained():
+    report = synthetic()
+    lines = B.text_report(report)
+    assert "293%*" in _table_cells(lines, "SGD-momentum step 1M")
+    assert "14%" in _table_cells(lines, "prune_weights p90 1M")
+    notes = " ".join(B.column_notes(report))
+    for words in ("write-allocate", "in-place", "32 MiB last-level cache", "pass 100%", "x torch", "rate"):
+        assert words in notes
+    md = B.markdown(report)
+    assert "243%\\*" in md and "Columns and marks" in md and "write-allocate" in md
+
+
+def test_quiet_machine_gets_no_warning():
+    lines = B.text_report(synthetic())
+    assert not [line for line in lines if "WARNING" in line]
+    assert lines[-1].startswith("spread: no comparison")
+    assert any(line.startswith("load average (1 min): 0.40 before, 0.60 after") for line in lines)
+
+
+@pytest.mark.parametrize("load", [(2.5, 0.3), (0.3, 7.0)])
+def test_load_above_the_core_count_warns(load):
+    report = synthetic(load=load)
+    warn = B.trust_warnings(report)
+    assert len(warn) == 1 and "load average" in warn[0] and "2 cores" in warn[0]
+    assert "WARNING: the load average" in "\n".join(B.text_report(report))
+    assert "## Warnings" in B.markdown(report)
+
+
+def test_unknown_load_is_said_and_not_a_warning():
+    report = synthetic(load=(None, None))
+    assert B.trust_warnings(report) == []
+    assert "unknown before, unknown after" in B.load_line(report)
+
+
+def test_unstable_comparisons_are_marked_and_warned():
+    report = synthetic()
+    report["results"][2]["spread"] = 0.35
+    report["own_processes"]["spread"]["Adam step 1M"] = 0.25
+    lines = B.text_report(report)
+    assert any(line.startswith("prune_weights p90 1M " + B.UNSTABLE) for line in lines)
+    warn = B.trust_warnings(report)
+    assert len(warn) == 2
+    assert "1 of 4 comparisons are unstable" in warn[0] and "prune_weights p90 1M float32 (35%)" in warn[0]
+    assert "Adam step 1M (25%)" in warn[1]
+
+
+def test_halves_spread():
+    base = np.ones(6)
+    assert B.halves_spread({"a": base, "b": base}, "a", "b") == 0.0
+    drift = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
+    assert B.halves_spread({"a": drift, "b": base}, "a", "b") == pytest.approx(1.0)
+    assert B.halves_spread({"a": np.ones(1), "b": np.ones(1)}, "a", "b") == 0.0
+
+
+def test_text_report_prints_thread_and_size_tables():
+    text = "\n".join(B.text_report(synthetic()))
+    assert "thread scaling (seconds per call; 2-core machine):" in text
+    assert re.search(r"Adam step 1M\s+2\.00 ms\s+1\.10 ms", text)
+    assert "cost against problem size (float32, seconds per call):" in text
+    assert re.search(r"4,096\s+3\.0 us\s+0\.9 us", text)
+    assert "PyTorch and fastwb each in its own process" in text
+
+
+def test_report_without_pytorch_or_scaling():
+    report = synthetic(own=False)
+    for r in report["results"]:
+        for key in ("torch",):
+            r["median_s"].pop(key, None)
+            r["speedup"].pop(key, None)
+    report["size_scaling"], report["thread_scaling"] = {}, {}
+    text = "\n".join(B.text_report(report))
+    assert B.OWN + " " not in text.split("columns and marks")[0]
+    assert "thread scaling" not in text and "each in its own process" not in text
+    assert "cost against problem size" not in text
+    assert "| comparison |" in B.markdown(report)
+
+
+def _png_ok():
+    pytest.importorskip("matplotlib")
+
+
+def test_write_files(tmp_path):
+    _png_ok()
+    report = synthetic()
+    paths = [str(tmp_path / "r.json"), str(tmp_path / "r.png"), str(tmp_path / "R.md")]
+    assert B.write_files(report, *paths) == paths
+    assert json.loads((tmp_path / "r.json").read_text())["results"][3]["speedup"]["torch"] == 0.65
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "R.md").read_text()
+    assert "![speedups, limits, scaling](r.png)" in md and "0.65x" + B.OWN in md
+    assert sorted(os.listdir(tmp_path)) == ["R.md", "r.json", "r.png"]
+
+
+def test_failed_figure_leaves_the_previous_file(tmp_path, monkeypatch):
+    _png_ok()
+    old = tmp_path / "r.png"
+    old.write_bytes(b"previous")
+
+    class Broken:
+        def savefig(self, fh, **kw):
+            fh.write(b"half a picture")
+            raise RuntimeError("renderer died")
+    monkeypatch.setattr(B, "figure", lambda report: Broken())
+    with pytest.raises(RuntimeError, match="renderer died"):
+        B.write_files(synthetic(), plot_path=str(old))
+    assert old.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == ["r.png"]
+
+
+@pytest.mark.parametrize("kind", ["json_path", "plot_path", "markdown_path"])
+def test_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch, kind):
+    """Ctrl-C after the data went out but before it reached the disk: the old
+    file stays whole (a plain open() would have truncated it already)."""
+    if kind == "plot_path":
+        _png_ok()
+    old = tmp_path / {"json_path": "r.json", "plot_path": "r.png", "markdown_path": "R.md"}[kind]
+    old.write_bytes(b"previous")
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        B.write_files(synthetic(), **{kind: str(old)})
+    assert old.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == [old.name]
+
+
+def test_quickest_mode_runs():
+    """One comparison of the quick mode, for real: the machine's limits, the load
+    and the spread are measured and the report prints."""
+    report = B.run(quick=True, name_filter="softmax CE fwd+bwd 128x10", progress=False)
+    m = report["machine"]
+    assert m["stream_GBps"] > 0 and m["best_copy_GBps"] > 0
+    assert report["load"]["cores"] >= 1
+    (row,) = report["results"]
+    assert row["spread"] >= 0 and isinstance(row["fits_in_cache"], bool)
+    if m["llc_bytes"]:
+        assert row["fits_in_cache"]         # 128 x 10 floats fit in any cache
+    assert row.get("torch_measured") in (None, "in process")
+    lines = B.text_report(report)
+    assert any(line.startswith("softmax CE fwd+bwd 128x10") for line in lines)
+    assert any(line.startswith("load average (1 min):") for line in lines)

@@ -1,0 +1,307 @@
+"""The command line: every bad option is one line on stderr and exit status 2
+before any work; output paths are checked first; plots are written atomically;
+``--version``; per-optimizer default learning rates; and ``import fastwb``
+from an unbuilt source tree says so in one line (issue 8, item 12 and "Also")."""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastwb
+from fastwb import benchmark, cli, datasets
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the command started working although an option was bad")
+
+
+def run_cli(argv, work=_no_work):
+    """``cli.main(argv)`` in-process: ``(status, stdout, stderr)``.  Loading data,
+    training and benchmarking call ``work`` (by default: fail the test)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        if work is not None:
+            stack.enter_context(mock.patch.object(datasets, "load", work))
+            stack.enter_context(mock.patch.object(fastwb.MLP, "fit", work))
+            stack.enter_context(mock.patch.object(benchmark, "main", work))
+        try:
+            status = cli.main(argv)
+        except SystemExit as e:
+            status = e.code
+    return status, out.getvalue(), err.getvalue()
+
+
+def assert_usage_error(argv, option=None):
+    t0 = time.perf_counter()
+    status, out, err = run_cli(argv)
+    assert status == 2, (argv, status, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith("\n"), (argv, err)
+    assert lines[0].startswith(f"fastwb {argv[0]}: error: "), err
+    if option is not None:
+        assert f"argument {option}" in lines[0], err
+    assert "Traceback" not in err and out == ""
+    assert time.perf_counter() - t0 < 5.0
+
+
+# -- the defects of item 12 ---------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--epochs", "0"],          # used to train for the default 30 epochs
+    ["train", "--batch-size", "0"],      # used the default batch size
+    ["train", "--threads", "0"],         # used the default thread count
+    ["train", "--epochs", "-1"],         # ZeroDivisionError after loading the data
+    ["train", "--lr", "-1"],             # traceback
+    ["train", "--lr", "nan"],            # traceback
+    ["train", "--hidden", "0"],          # traceback
+    ["train", "--hidden", "16", "-4"],
+    ["train", "--prune", "1.5"],         # traceback
+    ["train", "--seed", "-1"],           # traceback (NumPy rejects negative seeds)
+    ["bench", "--threads", "0"],
+], ids=" ".join)
+def test_bad_values_from_the_issue_are_one_line_usage_errors(argv):
+    assert_usage_error(argv, argv[1])
+
+
+def test_output_paths_are_checked_before_training(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    assert_usage_error(["train", "--save", str(missing / "m.npz")], "--save")
+    assert_usage_error(["train", "--save", str(tmp_path)], "--save")         # a folder
+    assert_usage_error(["train", "--plot", str(missing / "w.png")], "--plot")
+    assert_usage_error(["train", "--plot", str(tmp_path / "w.notaformat")], "--plot")
+    assert_usage_error(["bench", "--json", str(missing / "b.json")], "--json")
+    assert_usage_error(["bench", "--markdown", str(missing / "b.md")], "--markdown")
+    assert_usage_error(["bench", "--plot", str(missing / "b.png")], "--plot")
+
+
+def test_plot_without_matplotlib_is_a_usage_error(tmp_path):
+    with mock.patch.dict(sys.modules, {"matplotlib": None, "matplotlib.backend_bases": None}):
+        status, _, err = run_cli(["train", "--plot", str(tmp_path / "w.png")])
+    assert status == 2 and 'pip install "fastwb[plots]"' in err and len(err.splitlines()) == 1
+
+
+def test_version():
+    status, out, err = run_cli(["--version"])
+    assert status == 0 and out == f"fastwb {fastwb.__version__}\n" and err == ""
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "fastwb", "train", "--epochs", "0"],
+                          capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [done.stderr.strip()] and "--epochs" in done.stderr
+
+
+# -- hypothesis: bad values for every option of train and bench ----------------------
+
+def _fails(parse):
+    def check(text):
+        try:
+            parse(text)
+        except (ValueError, TypeError, OverflowError):
+            return True
+        return False
+    return check
+
+
+_words = st.text(max_size=12)
+_not_int = _words.filter(_fails(int))
+_not_float = _words.filter(_fails(float))
+_floats = st.floats(allow_nan=True, allow_infinity=True).map(repr)
+_bad_count = st.one_of(st.integers(max_value=0).map(str), _not_int,
+                       st.sampled_from(["1.5", "1e3", "nan", "inf", "0x10", "", " "]))
+_bad_threads = st.one_of(_bad_count, st.integers(min_value=cli.MAX_THREADS + 1).map(str))
+_bad_lr = st.one_of(st.floats(max_value=0.0).map(repr), _not_float,
+                    st.sampled_from(["nan", "inf", "-inf", "1e400", "-0.0", "0"]))
+_bad_fraction = st.one_of(st.floats().filter(lambda x: not 0.0 <= x < 1.0).map(repr), _not_float,
+                          st.sampled_from(["nan", "1", "1.0", "-1e-300", "inf"]))
+_bad_seed = st.one_of(st.integers(max_value=-1).map(str), _not_int, st.sampled_from(["0.5", "nan", ""]))
+
+
+def _bad_choice(choices):
+    return _words.filter(lambda s: s not in choices)
+
+
+def _bad_path(figure):
+    def build(case):
+        kind, name = case
+        if kind == "missing folder":
+            return os.path.join(os.path.abspath(os.sep), "no-such-folder-fastwb", name or "x", "out.png")
+        if kind == "folder":
+            return os.path.abspath(os.curdir) if name else os.path.abspath(os.sep)
+        if kind == "empty":
+            return ""
+        return os.path.join(tempfile.gettempdir(), f"w.{name}xq")                 # no such format
+    kinds = ["missing folder", "folder", "empty"] + (["format"] if figure else [])
+    return st.tuples(st.sampled_from(kinds), st.text("abcxyz", max_size=5)).map(build)
+
+
+BAD = {
+    "train": {
+        "--dataset": _bad_choice(cli.DEFAULTS),
+        "--hidden": _bad_count,
+        "--activation": _bad_choice(["relu", "leaky_relu", "sigmoid", "tanh", "identity"]),
+        "--epochs": _bad_count,
+        "--batch-size": _bad_count,
+        "--optimizer": _bad_choice(["adam", "adamw", "sgd", "momentum", "rmsprop"]),
+        "--lr": _bad_lr,
+        "--dtype": _bad_choice(["float32", "float64"]),
+        "--threads": _bad_threads,
+        "--prune": _bad_fraction,
+        "--seed": _bad_seed,
+        "--plot": _bad_path(figure=True),
+        "--save": _bad_path(figure=False),
+    },
+    "bench": {
+        "--threads": _bad_threads,
+        "--dtype": _bad_choice(["float32", "float64", "both"]),
+        "--json": _bad_path(figure=False),
+        "--plot": _bad_path(figure=True),
+        "--markdown": _bad_path(figure=False),
+    },
+}
+
+GOOD = {
+    "train": ["--dataset=digits", "--hidden=16", "--activation=tanh", "--epochs=2", "--batch-size=8",
+              "--optimizer=sgd", "--lr=0.05", "--dtype=float64", "--threads=1", "--prune=0.5", "--seed=3",
+              "--quiet"],
+    "bench": ["--quick", "--threads=1", "--dtype=both", "--filter=adam", "--quiet"],
+}
+
+
+def test_every_option_has_a_bad_value_strategy():
+    """A new option must get its bad values here too."""
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for command, bad in BAD.items():
+        options = {s for a in commands[command]._actions for s in a.option_strings if s.startswith("--")}
+        valued = {o for o in options if o not in ("--help", "--quiet", "--quick", "--data-path", "--filter")}
+        assert valued == set(bad), command
+
+
+@st.composite
+def bad_command_lines(draw):
+    command = draw(st.sampled_from(sorted(BAD)))
+    option = draw(st.sampled_from(sorted(BAD[command])))
+    value = draw(BAD[command][option])
+    good = draw(st.lists(st.sampled_from(GOOD[command]), unique=True, max_size=4))
+    where = draw(st.integers(0, len(good)))
+    return command, option, [command, *good[:where], f"{option}={value}", *good[where:]]
+
+
+@given(bad_command_lines())
+def test_every_bad_option_value_is_a_one_line_usage_error(case):
+    command, option, argv = case
+    assert_usage_error(argv, option)
+
+
+# -- what a good command line does ------------------------------------------------------
+
+def _small_data(*args, **kwargs):
+    rng = np.random.default_rng(0)
+    dtype = args[2] if len(args) > 2 else np.float32
+    X = rng.random((40, 12)).astype(dtype)
+    y = np.arange(40) % 3
+    return X[:30], y[:30], X[30:], y[30:]
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("momentum", 0.01), ("adam", 1e-3), ("rmsprop", 1e-2)])
+def test_default_learning_rate_per_optimizer(optimizer, lr):
+    seen = []
+    compile_ = fastwb.MLP.compile
+
+    def record(self, *args, **kwargs):
+        model = compile_(self, *args, **kwargs)
+        seen.append(model.optimizer.hyper["lr"])
+        return model
+
+    with mock.patch.object(datasets, "load", _small_data), mock.patch.object(fastwb.MLP, "compile", record):
+        assert run_cli(["train", "--optimizer", optimizer, "--epochs", "1", "--quiet"], work=None)[0] == 0
+        assert run_cli(["train", "--optimizer", optimizer, "--lr", "0.05", "--epochs", "1", "--quiet"],
+                       work=None)[0] == 0
+    assert seen == [pytest.approx(lr), pytest.approx(0.05)]
+
+
+def test_hidden_size_too_large_to_build_is_one_line():
+    with mock.patch.object(datasets, "load", _small_data):
+        status, out, err = run_cli(["train", "--hidden", str(10**20)], work=None)
+    assert status == 2 and out == "" and err.startswith("fastwb train: cannot build a 12-") and err.count("\n") == 1
+
+
+def test_train_writes_model_and_plot_and_keeps_old_plot_when_rendering_fails(tmp_path):
+    pytest.importorskip("matplotlib", reason='plots need matplotlib: pip install "fastwb[plots]"')
+    plot, model = tmp_path / "w.png", tmp_path / "m.npz"
+    plot.write_bytes(b"the previous plot")
+    argv = ["train", "--epochs", "1", "--hidden", "4", "--plot", str(plot), "--save", str(model), "--quiet"]
+
+    class Broken:
+        def savefig(self, fh, **kwargs):
+            fh.write(b"half a pict")
+            raise RuntimeError("renderer crashed")
+
+    with mock.patch.object(datasets, "load", _small_data), mock.patch.object(fastwb, "visualize_weights",
+                                                                            lambda m: Broken()):
+        with pytest.raises(RuntimeError, match="renderer crashed"):
+            run_cli(argv, work=None)
+    assert plot.read_bytes() == b"the previous plot"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "w.png"]     # no temporary file left
+    with mock.patch.object(datasets, "load", _small_data):
+        status, out, err = run_cli(argv, work=None)
+    assert status == 0 and err == "" and 0 <= float(out) <= 1
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert fastwb.MLP.load(model).layer_sizes == [12, 4, 3]
+
+
+def test_plot_format_follows_the_extension(tmp_path):
+    pytest.importorskip("matplotlib", reason='plots need matplotlib: pip install "fastwb[plots]"')
+    with mock.patch.object(datasets, "load", _small_data):
+        assert run_cli(["train", "--epochs", "1", "--plot", str(tmp_path / "w.svg"), "--quiet"], work=None)[0] == 0
+    assert b"<svg" in (tmp_path / "w.svg").read_bytes()[:500]
+
+
+# -- "Also": importing an unbuilt source tree -------------------------------------------
+
+def test_import_from_an_unbuilt_source_tree_says_how_to_build(tmp_path):
+    source = os.path.dirname(os.path.abspath(fastwb.__file__))
+    shutil.copytree(source, tmp_path / "fastwb",
+                    ignore=lambda folder, names: [n for n in names if not (n.endswith(".py") or
+                                                                           os.path.isdir(os.path.join(folder, n)))
+                                                  or n == "__pycache__"])
+    assert not list((tmp_path / "fastwb").glob("*.so")) and (tmp_path / "fastwb" / "__init__.py").exists()
+    # Import from the copy only: the current folder comes first on sys.path, and an
+    # editable install's finder (which would map fastwb.* back to the built tree) is
+    # removed, as in a clean clone where nothing is installed.
+    script = (
+        "import json, sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path\n"
+        "                    if not getattr(f, '__module__', '').startswith('__editable__')]\n"
+        "try:\n"
+        "    import fastwb\n"
+        "except ImportError as e:\n"
+        "    print(json.dumps([type(e).__name__, str(e), repr(e.__cause__), e.__suppress_context__]))\n"
+        "else:\n"
+        "    print(json.dumps(['imported', fastwb.__file__]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    kind, message, cause, suppressed = json.loads(done.stdout)
+    assert kind == "ImportError", message
+    assert "\n" not in message and "circular" not in message
+    assert message.startswith("fastwb is not built") and "pip install -e ." in message
+    assert cause == "None" and suppressed
