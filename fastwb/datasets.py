@@ -27,6 +27,7 @@ import zlib
 import numpy as np
 
 from fastwb import _io
+from fastwb._validate import check_int, check_real
 
 __all__ = ["load_digits", "load_mnist", "fetch_openml_mnist", "train_test_split", "load", "MNIST_ENV",
            "FASHION_MNIST_ENV", "DATASETS"]
@@ -206,7 +207,10 @@ def train_test_split(X, y, test_size=0.2, rng=0):
     n = len(X)
     if len(y) != n:
         raise ValueError(f"X has {n} rows but y has {len(y)}")
-    n_test = int(round(test_size * n)) if isinstance(test_size, float) else int(test_size)
+    if isinstance(test_size, (float, np.floating)):
+        n_test = int(round(check_real("test_size", test_size, 0.0, 1.0) * n))
+    else:
+        n_test = check_int("test_size", test_size, 0)
     if not 0 < n_test < n:
         raise ValueError(f"test_size={test_size} leaves no train or no test rows out of {n}")
     from fastwb.init import as_generator

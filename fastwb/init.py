@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from fastwb._validate import check_int
+
 __all__ = [
     "as_generator", "calculate_gain", "fans", "zeros", "uniform", "normal",
     "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
@@ -39,10 +41,15 @@ def as_generator(rng):
 
 
 def _shape(shape):
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
-    if any(s < 0 for s in shape):
-        raise ValueError(f"shape must not have negative sizes, got {shape}")
-    return shape
+    """A shape as a tuple of ints >= 0 (an int is a 1-D shape); a float, bool or
+    negative size is an error naming the dimension."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
+        shape = (shape,)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints, got {type(shape).__name__}") from None
+    return tuple(check_int(f"shape[{i}]", s, 0) for i, s in enumerate(dims))
 
 
 def fans(shape):

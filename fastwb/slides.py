@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from fastwb import functional, init, optim, prune, regularization
-from fastwb._validate import float_array, same_dtype
+from fastwb._validate import check_int, float_array, same_dtype
 from fastwb.functional import leaky_relu
 from fastwb.mlp import MLP
 from fastwb.plots import visualize_weights
@@ -62,6 +62,8 @@ def initialize_weights(input_size, hidden_size, rng=None):
 
     The slide calls this Xavier/Glorot; the formula is He's (Glorot's is
     ``sqrt(2 / (input_size + hidden_size))``).  Returns ``(weights, biases)``."""
+    input_size = check_int("input_size", input_size, 1)
+    hidden_size = check_int("hidden_size", hidden_size, 0)
     W = init.normal((input_size, hidden_size), math.sqrt(2.0 / input_size), _rng(rng))
     return W, np.zeros(hidden_size)
 
@@ -95,7 +97,7 @@ def initialize_layer_weights(input_size, output_size, method="glorot", rng=None)
     * he: N(0, 2 / input_size)
     * lecun: N(0, 1 / input_size)
     """
-    shape = (input_size, output_size)
+    shape = (check_int("input_size", input_size, 1), check_int("output_size", output_size, 0))
     if method == "glorot":
         W = init.xavier_uniform(shape, rng=_rng(rng))
     elif method == "he":

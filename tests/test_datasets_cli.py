@@ -161,3 +161,10 @@ def test_cli_bench_quickest_mode_writes_json_and_png(tmp_path, capsys):
     assert set(row["median_s"]) >= {"fastwb", "numpy"} and row["unit"] == "GB/s"
     assert png_path.read_bytes()[:4] == b"\x89PNG"
     assert "| comparison |" in md_path.read_text()
+
+
+@pytest.mark.parametrize("test_size,exc", [(True, TypeError), (-1, ValueError), (1.5, ValueError),
+                                           (float("nan"), ValueError), ("0.2", TypeError), (10, ValueError)])
+def test_train_test_split_rejects_bad_sizes(test_size, exc):
+    with pytest.raises(exc, match="test_size"):
+        datasets.train_test_split(np.zeros((10, 2)), np.zeros(10), test_size=test_size)

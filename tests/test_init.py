@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import fastwb
 from fastwb import init
 
 SHAPE = (600, 400)   # 240k draws: sample std within ~0.3% of the truth
@@ -68,9 +69,24 @@ def test_bias_for_activation():
     (lambda: init.kaiming_normal((3, 4), mode="fan"), ValueError, "mode"),
     (lambda: init.uniform((3,), 1, 0), ValueError, "low must be <= high"),
     (lambda: init.normal((3,), -1), ValueError, "std"),
-    (lambda: init.zeros((-1, 2)), ValueError, "negative"),
+    (lambda: init.zeros((-1, 2)), ValueError, r"shape\[0\] must be >= 0"),
     (lambda: init.xavier_uniform((3, 4), rng="seed"), TypeError, "rng must be"),
 ])
 def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: init.zeros((2.5, 3)), TypeError, r"shape\[0\]"),
+    (lambda: init.uniform((3, True)), TypeError, r"shape\[1\]"),
+    (lambda: init.normal((3, -1)), ValueError, r"shape\[1\] must be >= 0"),
+    (lambda: init.xavier_uniform("ab"), TypeError, r"shape\[0\]"),
+    (lambda: fastwb.initialize_weights(-3, 4), ValueError, "input_size must be >= 1"),
+    (lambda: fastwb.initialize_weights(3.5, 4), TypeError, "input_size"),
+    (lambda: fastwb.initialize_layer_weights(0, 4), ValueError, "input_size"),
+    (lambda: fastwb.initialize_layer_weights(2, -4), ValueError, "output_size"),
+])
+def test_size_arguments_are_validated(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
