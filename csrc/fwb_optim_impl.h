@@ -42,6 +42,21 @@ static inline FWB_T FWB_FN(fwb_decayed)(FWB_T g, FWB_T p, FWB_T wd, FWB_T l1) {
     return l1 != 0 ? d + l1 * FWB_FN(fwb_sign)(p) : d;
 }
 
+/* Optimizer state is stored flushed to zero: a value below the smallest
+ * normal number (FLT_MIN, DBL_MIN) becomes +0.  Without this, the first
+ * moment of a parameter whose gradient is exactly 0 (a dead ReLU unit, an
+ * input pixel that is 0 in every batch) decays geometrically into the
+ * subnormal range and stays there for good (0.9 times the smallest
+ * subnormal rounds back to itself), and every later update of it pays the
+ * CPU's slow path for subnormal operands.  What is lost is below 1e-38 in a
+ * moment whose contribution to the update is then below lr * 1e-30.  NaN
+ * and Inf compare false and pass through unchanged.  PyTorch keeps the
+ * subnormal values, so its bits differ from fastwb's exactly where a
+ * subnormal would have been stored. */
+static inline FWB_T FWB_FN(fwb_flush)(FWB_T x) {
+    return FWB_FABS(x) < FWB_TINY ? (FWB_T)0 : x;
+}
+
 /* PyTorch's lerp: a + w (b - a) for |w| < 0.5, else b - (b - a)(1 - w). */
 static inline FWB_T FWB_FN(fwb_lerp)(FWB_T a, FWB_T b, FWB_T w) {
     return fabs((double)w) < 0.5 ? a + w * (b - a) : b - (b - a) * ((FWB_T)1 - w);
@@ -62,7 +77,7 @@ FWB_INLINE void FWB_FN(fwb_sgd_body)(FWB_T *p, const FWB_T *g, FWB_T *buf, const
         FWB_T pj = p[j];
         FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
         if (has_buf) {
-            FWB_T b = first ? d : buf[j] * mu + keep_g * d;
+            FWB_T b = FWB_FN(fwb_flush)(first ? d : buf[j] * mu + keep_g * d);
             d = nesterov ? d + mu * b : b;
             buf[j] = off ? buf[j] : b;
         }
@@ -87,7 +102,7 @@ FWB_INLINE void FWB_FN(fwb_momentum_body)(FWB_T *p, const FWB_T *g, FWB_T *v, co
         int off = has_mask && !mask[j];
         FWB_T pj = p[j];
         FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
-        FWB_T vn = mu * v[j] - lr * d;
+        FWB_T vn = FWB_FN(fwb_flush)(mu * v[j] - lr * d);
         v[j] = off ? v[j] : vn;
         p[j] = off ? (FWB_T)0 : pj + vn;
     }
@@ -119,8 +134,8 @@ FWB_INLINE void FWB_FN(fwb_adam_body)(FWB_T *p, const FWB_T *g, FWB_T *m, FWB_T 
         FWB_T pj = p[j];
         FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
         pj = decay_factor != 1 ? pj * decay_factor : pj;
-        FWB_T mj = FWB_FN(fwb_lerp)(m[j], d, w1);
-        FWB_T vj = v[j] * beta2 + (w2 * d) * d;
+        FWB_T mj = FWB_FN(fwb_flush)(FWB_FN(fwb_lerp)(m[j], d, w1));
+        FWB_T vj = FWB_FN(fwb_flush)(v[j] * beta2 + (w2 * d) * d);
         FWB_T vd = vj;
         if (has_vmax) {
             FWB_T vm = vmax[j] > vj || vmax[j] != vmax[j] ? vmax[j] : vj;
@@ -163,10 +178,10 @@ FWB_INLINE void FWB_FN(fwb_rmsprop_body)(FWB_T *p, const FWB_T *g, FWB_T *v, FWB
         int off = has_mask && !mask[j];
         FWB_T pj = p[j];
         FWB_T d = FWB_FN(fwb_decayed)(g[j], pj, wd, l1);
-        FWB_T vj = v[j] * alpha + (w * d) * d;
+        FWB_T vj = FWB_FN(fwb_flush)(v[j] * alpha + (w * d) * d);
         FWB_T avg;
         if (has_ga) {
-            FWB_T gj = FWB_FN(fwb_lerp)(ga[j], d, w);
+            FWB_T gj = FWB_FN(fwb_flush)(FWB_FN(fwb_lerp)(ga[j], d, w));
             avg = FWB_SQRT(vj + (-gj) * gj) + eps;
             ga[j] = off ? ga[j] : gj;
         } else {
@@ -174,7 +189,7 @@ FWB_INLINE void FWB_FN(fwb_rmsprop_body)(FWB_T *p, const FWB_T *g, FWB_T *v, FWB
         }
         FWB_T pn;
         if (has_buf) {
-            FWB_T bj = buf[j] * momentum + d / avg;
+            FWB_T bj = FWB_FN(fwb_flush)(buf[j] * momentum + d / avg);
             buf[j] = off ? buf[j] : bj;
             pn = pj + (-lr) * bj;
         } else {

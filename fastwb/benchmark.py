@@ -500,8 +500,9 @@ def run(quick=False, threads=None, dtypes=("float32",), name_filter=None, progre
     scaling = size_scaling(quick, say) if not name_filter else {}
     thread_curve = thread_scaling(quick, say) if not name_filter else {}
     alone = own_processes(quick, threads, say) if not name_filter else None
+    over_time = decay(quick, threads, say) if not name_filter or "decay" in name_filter.lower() else None
     report = {"machine": info, "threads": threads, "quick": quick, "results": results, "size_scaling": scaling,
-              "thread_scaling": thread_curve, "own_processes": alone,
+              "thread_scaling": thread_curve, "own_processes": alone, "decay": over_time,
               "load": {"before": load_before, "after": load_average(), "cores": os.cpu_count() or 1},
               "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     return merge_own_processes(report)
@@ -663,6 +664,214 @@ def own_processes(quick, threads, say, rounds=5):
     out["spread"] = {k: max(v) / min(v) - 1 for k, v in per_round.items()}
     out["rounds"] = len(runs["fastwb"])
     return out
+
+
+# ---------------------------------------------------------------------------
+# training speed over time: subnormal numbers must not slow training down
+# ---------------------------------------------------------------------------
+
+DECAY_LATE = 3000          # the late model has trained this many steps before it is timed
+DECAY_TIMED = 100          # steps timed per model
+DECAY_EPOCHS = 10          # MNIST: epoch 1 is compared with epoch DECAY_EPOCHS
+
+
+def memorised_batch(path=None, batch=128):
+    """``(X, y, source)``: the batch a memorisation run trains on over and over.
+
+    The first ``batch`` MNIST training images when the IDX files are found
+    (``path`` or ``$FASTWB_MNIST``), else a synthetic MNIST-like batch: strokes
+    inside the central 20x20 pixels of a 28x28 image, so that, as in MNIST,
+    the border pixels are 0 in every image and their weights' gradients are
+    exactly 0.  Those parameters' Adam moments decay geometrically, which is
+    how subnormal numbers enter training."""
+    from fastwb import datasets
+
+    X = None
+    if path or os.environ.get(datasets.MNIST_ENV):
+        try:
+            X, y = datasets.load_mnist(path, "train")
+        except (OSError, ValueError):
+            X = None
+    if X is not None:
+        return np.ascontiguousarray(X[:batch], np.float32), np.asarray(y[:batch]), "MNIST"
+    rng = np.random.default_rng(0)
+    images = np.zeros((batch, 28, 28), np.float32)
+    for img in images:
+        for _ in range(3):                                  # three random strokes per image
+            r, c = rng.integers(4, 24, 2)
+            dr, dc = rng.integers(-1, 2, 2)
+            for _ in range(rng.integers(4, 10)):
+                img[r, c] = 1.0
+                r, c = int(np.clip(r + dr, 4, 23)), int(np.clip(c + dc, 4, 23))
+    return images.reshape(batch, 784), rng.integers(0, 10, batch), "synthetic MNIST-like"
+
+
+def _early_late(make_step, late=DECAY_LATE, timed=DECAY_TIMED):
+    """Two fresh models' steps: the late one first trains ``late`` steps, then
+    both are timed ``timed`` times, alternating (the order flips every pair),
+    so that load on the machine hits both alike.  Returns ``(early, late)``
+    seconds per step: steps 0..timed of one model beside steps late..late+timed
+    of the other."""
+    early_step, late_step = make_step(), make_step()
+    for _ in range(late):
+        late_step()
+    times = {"early": [], "late": []}
+    for i in range(timed):
+        for which in (("early", "late") if i % 2 == 0 else ("late", "early")):
+            step = early_step if which == "early" else late_step
+            t0 = time.perf_counter()
+            step()
+            times[which].append(time.perf_counter() - t0)
+    return times["early"], times["late"]
+
+
+def fastwb_memorised_step(X, y):
+    """A training step of a fresh fastwb 784-256-10 float32 MLP (Adam, lr 1e-3) on (X, y)."""
+    import fastwb
+
+    model = fastwb.MLP([784, 256, 10], dtype=np.float32, rng=0)
+    model.compile("adam", lr=1e-3)
+    return lambda: model.train_step(X, y)
+
+
+def torch_memorised_step(X, y):
+    """The same with PyTorch (Linear-ReLU-Linear, cross-entropy, fused Adam lr 1e-3)."""
+    torch = _torch()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    x, t = torch.from_numpy(X), torch.from_numpy(np.asarray(y, np.int64))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), t).backward()
+        opt.step()
+    return step
+
+
+def mnist_epochs(path=None, epochs=DECAY_EPOCHS, pairs=3):
+    """MNIST epoch times early and late in training, and the test accuracy after 5 epochs.
+
+    Two fastwb 784-256-10 float32 MLPs (Adam, batch 128, shuffled): the late
+    one first trains ``epochs - 1`` epochs; then each trains one epoch at a
+    time, alternating, ``pairs`` times, so epoch 1 is timed beside epoch
+    ``epochs`` (then 2 beside ``epochs + 1``, ...).  Returns ``{"early": [s],
+    "late": [s], "late_epochs": [..], "accuracy_5": test accuracy after 5
+    epochs}``, or None when the MNIST files are not found."""
+    import fastwb
+    from fastwb import datasets
+
+    try:
+        X, y, Xt, yt = datasets.load("mnist", path)
+    except (OSError, ValueError):
+        return None
+
+    def model():
+        m = fastwb.MLP([784, 256, 10], dtype=np.float32, rng=0)
+        m.compile("adam", lr=1e-3)
+        return m
+    early, late = model(), model()
+    accuracy_5 = None
+    for e in range(epochs - 1):
+        late.fit(X, y, epochs=1, batch_size=128, rng=e, verbose=False)
+        if e == 4:
+            accuracy_5 = late.evaluate(Xt, yt)[1]
+    out = {"early": [], "late": [], "late_epochs": list(range(epochs, epochs + pairs)), "accuracy_5": accuracy_5}
+    for i in range(pairs):
+        for which in (("early", "late") if i % 2 == 0 else ("late", "early")):
+            m, seed = (early, i) if which == "early" else (late, epochs - 1 + i)
+            out[which] += m.fit(X, y, epochs=1, batch_size=128, rng=seed, verbose=False)["seconds"]
+    return out
+
+
+_DECAY = r"""
+import json, sys
+which, threads, epochs, path = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+if which == "torch":
+    import torch                       # first: PyTorch loads the OpenMP runtime with its own defaults
+    torch.set_num_threads(threads)
+import fastwb
+from fastwb import benchmark
+fastwb.set_num_threads(threads)
+X, y, source = benchmark.memorised_batch(path or None)
+make = benchmark.torch_memorised_step if which == "torch" else benchmark.fastwb_memorised_step
+early, late = benchmark._early_late(lambda: make(X, y))
+out = {"early": early, "late": late, "batch": source}
+if which == "fastwb" and epochs:
+    out["mnist"] = benchmark.mnist_epochs(path or None)
+print(json.dumps(out))
+"""
+
+
+def decay(quick, threads, say, path=None, rounds=None):
+    """Training speed over time, each contender alone in a fresh process.
+
+    In each process two models of 784-256-10 train on one memorised batch
+    (:func:`memorised_batch`): one fresh, one after :data:`DECAY_LATE` steps,
+    timed alternately (:func:`_early_late`); the ratio late / early is the
+    median of the per-pair ratios.  fastwb's first process also times MNIST
+    epochs early and late (:func:`mnist_epochs`, when the files are found
+    through ``path`` or ``$FASTWB_MNIST``).  Rounds alternate PyTorch and
+    fastwb (1 round in quick mode, 3 otherwise); figures are medians over
+    rounds."""
+    import subprocess
+    import tempfile
+
+    rounds = rounds or (1 if quick else 3)
+    contenders = ("torch", "fastwb") if _torch() is not None else ("fastwb",)
+    runs = {w: [] for w in contenders}
+    for r in range(rounds):
+        for which in contenders:
+            say(f"training speed over time: {which} ({r + 1}/{rounds})")
+            done = subprocess.run([sys.executable, "-c", _DECAY, which, str(threads), "1" if r == 0 else "0",
+                                   path or ""], capture_output=True, text=True, timeout=1200,
+                                  cwd=tempfile.gettempdir())
+            if done.returncode != 0:
+                say(f"  {which} failed: {(done.stderr.strip().splitlines() or [done.returncode])[-1]}")
+                continue
+            runs[which].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    if not runs["fastwb"]:
+        return None
+    out = {"late_step": DECAY_LATE, "timed": DECAY_TIMED, "rounds": rounds, "batch": runs["fastwb"][0]["batch"],
+           "mnist": runs["fastwb"][0].get("mnist")}
+    for which, rs in runs.items():
+        if rs:
+            out[which] = {
+                "early_s": float(np.median([np.median(run["early"]) for run in rs])),
+                "late_s": float(np.median([np.median(run["late"]) for run in rs])),
+                "late_over_early": float(np.median([np.median(np.divide(run["late"], run["early"])) for run in rs])),
+            }
+    if "torch" in out:
+        out["torch_over_fastwb_late"] = out["torch"]["late_s"] / out["fastwb"]["late_s"]
+    return out
+
+
+def decay_title(report):
+    """Heading of the training-speed-over-time table."""
+    d = report["decay"]
+    return (f"training speed over time: 784-256-10 float32 Adam on one memorised {d['batch']} batch of 128; a "
+            f"fresh model's steps 0-{d['timed']} timed alternately with another's steps {d['late_step']}-"
+            f"{d['late_step'] + d['timed']}; medians; each contender in its own process ({d['rounds']} round"
+            f"{'s' * (d['rounds'] > 1)})")
+
+
+def decay_rows(report):
+    """Rows of the training-speed-over-time table (empty without one), MNIST epochs last."""
+    d = report.get("decay")
+    if not d:
+        return []
+    rows = [["contender", "early step", "late step", "late / early"]]
+    for which in ("fastwb", "torch"):
+        if which in d:
+            w = d[which]
+            rows.append([which, _fmt_time(w["early_s"]), _fmt_time(w["late_s"]), _fmt_ratio(w["late_over_early"])])
+    m = d.get("mnist")
+    if m:
+        ratio = float(np.median(np.divide(m["late"], m["early"])))
+        rows.append([f"fastwb MNIST epochs 1-{len(m['early'])} vs {m['late_epochs'][0]}-{m['late_epochs'][-1]}",
+                     f"{np.median(m['early']):.3f} s", f"{np.median(m['late']):.3f} s", _fmt_ratio(ratio)])
+    return rows
 
 
 # ---------------------------------------------------------------------------
@@ -834,6 +1043,9 @@ def text_report(report):
     if rows:
         lines += ["", "targets:"]
         lines += [f"  {'ok  ' if ok else ('n/a ' if ok is None else 'MISS')} {d}: {v}" for d, v, ok in rows]
+    dr = decay_rows(report)
+    if dr:
+        lines += ["", decay_title(report) + ":"] + _text_table(dr, 36, 14)
     th = thread_rows(report)
     if th:
         lines += ["", f"thread scaling (seconds per call; {report['thread_scaling']['cores']}-core machine):"]
@@ -939,6 +1151,23 @@ def targets(report):
             pr["speedup"]["numpy"] >= 5)
     vs_torch(f"prune_weights p90 {big}", f"prune_weights {big} f32: faster than torch l1_unstructured",
              lambda x: x > 1)
+    d = report.get("decay") or {}
+    if "fastwb" in d:
+        late = d["fastwb"]["late_over_early"]
+        add(f"memorised-batch step 784-256-10: at step {d['late_step']} within 1.1x of a fresh model's "
+            f"({d['batch']} batch, timed alternately)", _fmt_ratio(late), late <= 1.1)
+    if "torch_over_fastwb_late" in d:
+        x = d["torch_over_fastwb_late"]
+        add(f"memorised-batch step at step {d['late_step']}: >= 1.5x faster than PyTorch (each in its own process, "
+            f"{OWN})", _fmt_ratio(x), x >= 1.5)
+    mnist = d.get("mnist")
+    if mnist:
+        ratio = float(np.median(np.divide(mnist["late"], mnist["early"])))
+        add(f"MNIST: epoch {mnist['late_epochs'][0]} within 1.05x of epoch 1 (median over "
+            f"{len(mnist['early'])} alternated pairs)", _fmt_ratio(ratio), ratio <= 1.05)
+        if mnist.get("accuracy_5") is not None:
+            add("MNIST: test accuracy >= 97.5% after 5 epochs", f"{100 * mnist['accuracy_5']:.2f}%",
+                mnist["accuracy_5"] >= 0.975)
     th = report.get("thread_scaling") or {}
     for name, secs in th.get("seconds", {}).items():
         worst = secs[-1] / min(secs)
@@ -985,6 +1214,9 @@ def markdown(report, plot_name=None):
         out += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
         out += [f"| {d} | {v.replace('*', chr(92) + '*')} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |"
                 for d, v, ok in rows]
+    dr = decay_rows(report)
+    if dr:
+        out += ["", "## " + decay_title(report), ""] + _md_table(dr)
     th = thread_rows(report)
     if th:
         out += ["", f"## Thread scaling ({report['thread_scaling']['cores']}-core machine above)", ""] + _md_table(th)

@@ -266,7 +266,8 @@ def build_parser():
     bench.add_argument("--quick", action="store_true", help="smaller problems and fewer repetitions (minutes)")
     bench.add_argument("--threads", type=thread_count, help="fastwb and PyTorch threads (default: all)")
     bench.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
-    bench.add_argument("--filter", help="only comparisons whose name contains this text (skips the scaling runs)")
+    bench.add_argument("--filter", help="only comparisons whose name contains this text (skips the scaling runs; "
+                                         "'decay' runs only the training-speed-over-time section)")
     bench.add_argument("--json", type=output_path, metavar="PATH", help="write the full report as JSON")
     bench.add_argument("--plot", type=figure_path, metavar="PNG",
                        help="write the figure (speedups, limits, size and thread scaling)")

@@ -253,3 +253,61 @@ def test_quickest_mode_runs():
     lines = B.text_report(report)
     assert any(line.startswith("softmax CE fwd+bwd 128x10") for line in lines)
     assert any(line.startswith("load average (1 min):") for line in lines)
+
+
+# ---------------------------------------------------------------------------
+# training speed over time (issue 17)
+# ---------------------------------------------------------------------------
+
+def _with_decay(late_over_early=1.02, torch_late=2e-3, epochs=(0.60, 0.61, 0.59), late_epochs=(0.62, 0.60, 0.61)):
+    report = synthetic()
+    report["decay"] = {
+        "late_step": 3000, "timed": 100, "rounds": 3, "batch": "MNIST",
+        "fastwb": {"early_s": 1e-3, "late_s": 1e-3 * late_over_early, "late_over_early": late_over_early},
+        "torch": {"early_s": 2e-3, "late_s": torch_late, "late_over_early": 1.0},
+        "torch_over_fastwb_late": torch_late / (1e-3 * late_over_early),
+        "mnist": {"early": list(epochs), "late": list(late_epochs), "late_epochs": [10, 11, 12], "accuracy_5": 0.978},
+    }
+    return report
+
+
+def test_decay_targets_and_table():
+    lines = B.text_report(_with_decay())
+    assert _target(lines, "memorised-batch step 784-256-10: at step 3000 within 1.1x") == "1.02x"
+    assert _target(lines, "memorised-batch step at step 3000", "PyTorch") == "1.96x"
+    assert _target(lines, "MNIST: epoch 10 within 1.05x of epoch 1") == "1.03x"     # median of 1.03, 0.98, 1.03
+    assert _target(lines, "97.5%") == "97.80%"
+    assert all(line.startswith("  ok  ") for line in lines if "memorised-batch" in line or "MNIST:" in line)
+    table = [line for line in lines if line.startswith("  fastwb") or line.startswith("  torch")]
+    assert any("1.00 ms" in line and "1.02 ms" in line and "1.02x" in line for line in table)
+    assert any("MNIST epochs 1-3 vs 10-12" in line for line in lines)
+    md = B.markdown(_with_decay())
+    assert "## training speed over time" in md and "| fastwb MNIST epochs 1-3 vs 10-12 |" in md
+
+
+def test_decay_targets_missed_are_said():
+    lines = B.text_report(_with_decay(late_over_early=2.6, torch_late=1.19e-3, late_epochs=(0.70, 0.71, 0.69)))
+    missed = [line for line in lines if line.startswith("  MISS") and ("memorised" in line or "MNIST" in line)]
+    assert len(missed) == 3, missed
+
+
+def test_memorised_batch_without_mnist_has_always_zero_pixels(monkeypatch):
+    monkeypatch.delenv("FASTWB_MNIST", raising=False)
+    X, y, source = B.memorised_batch()
+    assert source == "synthetic MNIST-like" and X.shape == (128, 784) and X.dtype == np.float32
+    assert y.shape == (128,) and y.min() >= 0 and y.max() <= 9
+    images = X.reshape(128, 28, 28)
+    assert not images[:, :4].any() and not images[:, 24:].any() and images.any()
+
+
+def test_early_late_times_alternate():
+    calls = []
+
+    def make():
+        n = len([c for c in calls if c == "make"])
+        calls.append("make")
+        return lambda: calls.append(n)
+    early, late = B._early_late(make, late=5, timed=4)
+    assert len(early) == len(late) == 4
+    assert calls[:7] == ["make", "make", 1, 1, 1, 1, 1]
+    assert calls[7:] == [0, 1, 1, 0, 0, 1, 1, 0]        # the order flips every pair

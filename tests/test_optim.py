@@ -329,3 +329,67 @@ def test_parameters_that_overlap_each_other_are_rejected():
     p = np.zeros(3)
     with pytest.raises(ValueError, match="share memory"):
         optim.Adam([p, p])
+
+
+# ---------------------------------------------------------------------------
+# subnormal numbers: optimizer state is stored flushed to zero
+# ---------------------------------------------------------------------------
+
+def _subnormal(a):
+    a = np.asarray(a)
+    return np.count_nonzero((a != 0) & (np.abs(a) < np.finfo(a.dtype).tiny))
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", {"lr": 0.1, "momentum": 0.9}), ("Momentum", {}), ("Adam", {}),
+                                     ("AdamW", {}), ("RMSprop", {"centered": True, "momentum": 0.5})])
+def test_state_never_holds_subnormal_numbers(name, kw, dtype):
+    # a tiny gradient once, then exactly 0 (a dead unit): the state decays geometrically
+    tiny = np.finfo(dtype).tiny
+    p = np.ones(64, dtype)
+    opt = getattr(optim, name)([p], **kw)
+    opt.step([np.full(64, tiny * 1e6, dtype)])
+    zero = np.zeros(64, dtype)
+    for _ in range(2000):
+        opt.step([zero])
+        for buf in opt.state[0].values():
+            assert _subnormal(buf) == 0
+    assert all(np.all(buf == 0) for buf in opt.state[0].values())     # decayed past the normal range: 0
+    twin = getattr(Ropt, name)([np.ones(64, dtype)], **kw)
+    twin.step([np.full(64, tiny * 1e6, dtype)])
+    for _ in range(2000):
+        twin.step([zero])
+    for k, buf in opt.state[0].items():
+        np.testing.assert_array_equal(buf, twin.state[0][k])
+
+
+def test_nan_and_inf_in_state_are_kept():
+    p = np.zeros(4, np.float32)
+    opt = optim.Adam([p])
+    opt.step([np.array([np.nan, np.inf, -np.inf, 1.0], np.float32)])
+    m = opt.state[0]["exp_avg"]
+    assert np.isnan(m[0]) and m[1] == np.inf and m[2] == -np.inf and m[3] > 0
+
+
+def test_subnormal_state_is_the_documented_difference_from_torch():
+    """Equal to PyTorch's Adam to its FMA rounding where no subnormal occurs; where
+    PyTorch's first moment has decayed into the subnormal range, fastwb's is 0
+    and the parameters still agree."""
+    torch = pytest.importorskip("torch", reason="PyTorch is optional: pip install torch==2.13.0")
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(256).astype(np.float32)
+    tp = torch.tensor(p.copy(), requires_grad=True)
+    mine, theirs = optim.Adam([p]), torch.optim.Adam([tp], foreach=False)
+    g = rng.standard_normal(256).astype(np.float32) * 1e-3
+    dead = np.arange(256) < 128
+    for step in range(900):
+        gs = np.where(dead, 0, g) if step else g           # half the entries: gradient 0 after step 1
+        mine.step([gs])
+        tp.grad = torch.tensor(gs)
+        theirs.step()
+    tm = theirs.state[tp]["exp_avg"].numpy()
+    m = mine.state[0]["exp_avg"]
+    sub = (tm != 0) & (np.abs(tm) < np.finfo(np.float32).tiny)
+    assert sub.sum() > 50                                   # PyTorch keeps subnormal moments
+    assert np.all(m[sub] == 0) and _subnormal(m) == 0       # fastwb stores them as 0
+    # an update below 1e-30 changes nothing: the parameters agree as before (to PyTorch's FMA rounding)
+    assert _ulps(p[dead], tp.detach().numpy()[dead]).max() <= 2

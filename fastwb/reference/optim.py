@@ -41,6 +41,8 @@ class _Twin:
             if h["l1"]:
                 d = d + h["l1"] * np.sign(p)
             new_p, new_s = self._rule(p, d, {k: v.copy() for k, v in s.items()})
+            for v in new_s.values():            # state below the smallest normal number is stored as 0
+                v[np.abs(v) < np.finfo(v.dtype).tiny] = 0
             if m is None:
                 p[...] = new_p
                 for k in s:
