@@ -191,14 +191,16 @@ def _torch_version():
 # contenders
 # ---------------------------------------------------------------------------
 
-def torch_train_step(sizes, batch, dtype=np.float32, n_threads=None):
+def torch_train_step(sizes, batch, dtype=np.float32, n_threads=None, X=None, y=None):
     """A PyTorch CPU training step of the same MLP (ReLU hidden layers, softmax
-    cross-entropy, Adam with fused=True); None when PyTorch is not installed."""
+    cross-entropy, Adam with fused=True) on a random batch, or on (X, y) when
+    given; None when PyTorch is not installed."""
     torch = _torch()
     if torch is None:
         return None
     if n_threads:
         torch.set_num_threads(n_threads)
+    torch.manual_seed(0)
     tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -207,8 +209,10 @@ def torch_train_step(sizes, batch, dtype=np.float32, n_threads=None):
             layers.append(torch.nn.ReLU())
     net = torch.nn.Sequential(*layers)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-    x = torch.randn(batch, sizes[0], dtype=tdtype)
-    y = torch.randint(0, sizes[-1], (batch,))
+    if X is None:
+        x, y = torch.randn(batch, sizes[0], dtype=tdtype), torch.randint(0, sizes[-1], (batch,))
+    else:
+        x, y = torch.from_numpy(np.asarray(X, dtype)), torch.from_numpy(np.asarray(y, np.int64))
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
@@ -736,18 +740,7 @@ def fastwb_memorised_step(X, y):
 
 def torch_memorised_step(X, y):
     """The same with PyTorch (Linear-ReLU-Linear, cross-entropy, fused Adam lr 1e-3)."""
-    torch = _torch()
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-    x, t = torch.from_numpy(X), torch.from_numpy(np.asarray(y, np.int64))
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(net(x), t).backward()
-        opt.step()
-    return step
+    return torch_train_step([784, 256, 10], len(X), X=X, y=y)
 
 
 def mnist_epochs(path=None, epochs=DECAY_EPOCHS, pairs=3):

@@ -1,4 +1,5 @@
-"""Dense layers, activations and the softmax cross-entropy loss.
+"""Dense layers, activations and the losses (softmax cross-entropy, mean squared
+error, binary cross-entropy with logits).
 
 This is fastwb's fast functional API: every function checks its arguments,
 allocates its result (or writes into ``out=``), picks a thread count from the
@@ -43,6 +44,8 @@ __all__ = [
     "tanh_backward",
     "softmax_backward",
     "softmax_cross_entropy",
+    "mse_loss",
+    "bce_with_logits",
 ]
 
 _IDENTITY = ACTIVATIONS["identity"]
@@ -320,4 +323,116 @@ def softmax_cross_entropy(logits, labels, out=None):
         return float("nan"), grad
     row_loss = np.empty(n, dtype=np.float64)
     loss = _losses.softmax_xent(z, labels, grad, row_loss, plan_threads(z.size, GRAIN_COMPUTE))
+    return loss, grad
+
+
+# ---------------------------------------------------------------------------
+# element-wise losses: mean squared error, binary cross-entropy with logits
+# ---------------------------------------------------------------------------
+
+def _loss_inputs(name_a, a, name_b, b):
+    """Two float arrays of one dtype and exactly one shape (no broadcasting)."""
+    a = float_array(name_a, a)
+    b = float_array(name_b, b)
+    same_dtype(**{name_a: a, name_b: b})
+    same_shape(name_a, a, name_b, b)
+    return a, b
+
+
+def _as_rows(a, keep_columns=False):
+    """The (n, m) view the loss kernels run over: a 2-D array as it is, more
+    dimensions as rows of the last axis, a 1-D array as one column (blocks of
+    2048 elements, spread over threads) or, with ``keep_columns``, as one row."""
+    if a.ndim == 2:
+        return a
+    if a.ndim == 1 and not keep_columns:
+        return a.reshape(-1, 1)
+    return a.reshape(-1, a.shape[-1] if a.ndim else 1)
+
+
+def _check_unit_interval(name, t):
+    """ValueError naming the first element of ``t`` outside [0, 1] (NaN included)."""
+    if t.size:
+        bad = _losses.first_outside_unit(t.reshape(-1))
+        if bad >= 0:
+            where = np.unravel_index(bad, t.shape)
+            index = ", ".join(str(int(i)) for i in where)
+            raise ValueError(f"{name}[{index}] = {float(t[where])!r} is not in [0, 1]: binary cross-entropy "
+                             f"needs targets that are probabilities (0/1 labels or values in between)")
+
+
+def mse_loss(pred, target, out=None):
+    r"""Mean squared error and its gradient with respect to the prediction.
+
+    .. math:: L = \frac1N \sum_j (p_j - t_j)^2, \qquad
+              \frac{\partial L}{\partial p_j} = \frac{2 (p_j - t_j)}{N}
+
+    over all :math:`N` elements (PyTorch's ``F.mse_loss`` with
+    ``reduction="mean"``).  ``pred`` and ``target`` are float32 or float64
+    arrays of one dtype and exactly one shape (a target of shape ``(n,)`` for
+    a prediction of shape ``(n, 1)`` is an error, never broadcast).  One fused
+    pass writes the gradient and sums the squared differences in double over
+    fixed blocks added in order, so the loss does not depend on the thread
+    count.  Returns ``(mean_loss, grad_pred)``; ``mean_loss`` is a Python
+    float (NaN for an empty input).  ``out`` may be ``pred`` or ``target``
+    itself.
+    """
+    pred, target = _loss_inputs("pred", pred, "target", target)
+    grad = out_array("out", out, pred.shape, pred.dtype)
+    pred = unaliased(pred, grad)
+    target = unaliased(target, grad)
+    if pred.size == 0:
+        return float("nan"), grad
+    p = _as_rows(pred)
+    work = np.empty(p.shape[0], dtype=np.float64)
+    loss = _losses.mse_rows(p, _as_rows(target), _as_rows(grad), work, plan_threads(pred.size, GRAIN_MEMORY))
+    return loss, grad
+
+
+def bce_with_logits(logits, targets, out=None, pos_weight=None):
+    r"""Mean binary cross-entropy of ``sigmoid(logits)`` against ``targets``, and
+    its gradient with respect to the logits (PyTorch's
+    ``F.binary_cross_entropy_with_logits`` with ``reduction="mean"``).
+
+    For logits :math:`z` and targets :math:`t \in [0, 1]`, element by element,
+    with :math:`e = e^{-|z|}` (so nothing overflows, for any :math:`z`):
+
+    .. math:: \ell = \max(z, 0) - z t + \log(1 + e), \qquad
+              \frac{\partial L}{\partial z} = \frac{\sigma(z) - t}{N},
+              \qquad L = \frac1N \sum \ell
+
+    With ``pos_weight`` (one weight :math:`w_c \ge 0` per column, the last
+    axis, as in PyTorch), positives are weighted:
+    :math:`\ell = (1 - t) z + (1 + (w_c - 1) t)(\log(1 + e) + \max(-z, 0))`
+    and :math:`\partial L/\partial z = ((1 + (w_c - 1) t)\,\sigma(z) - w_c t) / N`.
+
+    ``targets`` has the shape and dtype of ``logits``; every value must lie in
+    [0, 1] (ValueError naming the first one that does not, NaN included).
+    One fused pass (one exp per element) writes the gradient and sums the loss
+    in double over fixed blocks added in order, so the loss does not depend
+    on the thread count.  Returns ``(mean_loss, grad_logits)``; NaN loss for
+    an empty input.  ``out`` may be ``logits`` or ``targets`` itself.
+    """
+    z, t = _loss_inputs("logits", logits, "targets", targets)
+    pw = None
+    if pos_weight is not None:
+        pw = float_array("pos_weight", pos_weight)
+        same_dtype(logits=z, pos_weight=pw)
+        if z.ndim == 0 or pw.shape != (z.shape[-1],):
+            raise ValueError(f"pos_weight has shape {pw.shape}; logits of shape {z.shape} need one weight "
+                             f"per column: shape ({z.shape[-1] if z.ndim else 1},)")
+        if not np.all(np.isfinite(pw) & (pw >= 0)):
+            raise ValueError("pos_weight must hold finite values >= 0")
+    _check_unit_interval("targets", t)
+    grad = out_array("out", out, z.shape, z.dtype)
+    z = unaliased(z, grad)
+    t = unaliased(t, grad)
+    pw = unaliased(pw, grad, inplace=False)
+    if z.size == 0:
+        return float("nan"), grad
+    keep = pw is not None
+    rows = _as_rows(z, keep)
+    work = np.empty(rows.shape[0], dtype=np.float64)
+    loss = _losses.bce_logits_rows(rows, _as_rows(t, keep), np.empty(0, z.dtype) if pw is None else pw,
+                                   _as_rows(grad, keep), work, plan_threads(z.size, GRAIN_COMPUTE))
     return loss, grad

@@ -137,3 +137,38 @@ def softmax_cross_entropy(logits, labels, out=None):
     grad[rows, labels] -= 1
     grad /= n
     return float(loss), _store(grad, out)
+
+
+# ---------------------------------------------------------------------------
+# element-wise losses
+# ---------------------------------------------------------------------------
+
+def mse_loss(pred, target, out=None):
+    if pred.shape != target.shape:
+        raise ValueError(f"pred has shape {pred.shape} but target has shape {target.shape}; they must match")
+    if pred.size == 0:
+        return float("nan"), _store(np.empty_like(pred), out)
+    diff = pred - target
+    loss = np.mean(np.square(diff))
+    return float(loss), _store(diff * (2.0 / diff.size), out)
+
+
+def bce_with_logits(logits, targets, out=None, pos_weight=None):
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits has shape {logits.shape} but targets has shape {targets.shape}; they must match")
+    if not np.all((targets >= 0) & (targets <= 1)):
+        raise ValueError("targets must lie in [0, 1]")
+    if logits.size == 0:
+        return float("nan"), _store(np.empty_like(logits), out)
+    e = np.exp(-np.abs(logits))
+    log1p_e = np.log1p(e)
+    sig = np.where(logits >= 0, 1, e) / (1 + e)
+    if pos_weight is None:
+        loss = np.maximum(logits, 0) - logits * targets + log1p_e
+        grad = sig - targets
+    else:
+        w = 1 + (pos_weight - 1) * targets
+        loss = (1 - targets) * logits + w * (log1p_e + np.maximum(-logits, 0))
+        grad = w * sig - pos_weight * targets
+    grad *= 1.0 / logits.size
+    return float(np.mean(loss)), _store(grad, out)

@@ -1,0 +1,66 @@
+"""The losses :class:`fastwb.nn.Sequential` trains with, and how each one's
+targets are checked and its results scored.
+
+* ``"cross_entropy"``: softmax cross-entropy on integer class labels (one per
+  row); metric ``accuracy``.
+* ``"mse"``: mean squared error on float targets shaped like the output
+  (regression); metrics ``mse`` and ``r2``.
+* ``"bce_with_logits"``: binary cross-entropy on the logits with 0/1 (or
+  [0, 1]) float targets shaped like the output (multi-label); metric
+  ``binary_accuracy``.
+
+Each loss is one fused kernel computing the mean loss and its gradient with
+respect to the output (:mod:`fastwb.functional`)."""
+
+import numpy as np
+
+from fastwb import functional, metrics
+
+__all__ = ["LOSSES", "Loss", "get"]
+
+
+class Loss:
+    """A named loss: ``compute(out, target, grad_out) -> mean loss`` writes the
+    gradient into ``grad_out``; ``targets(y, n, width, dtype)`` checks and
+    converts a target array; ``scores(out, target)`` gives the metrics."""
+
+    def __init__(self, name, fn, classification):
+        self.name = name
+        self._fn = fn
+        self.classification = classification
+
+    def targets(self, y, n, width, dtype, name="y"):
+        if self.classification:
+            return functional.class_labels(y, n, width, name)
+        y = np.asarray(y)
+        if y.dtype.kind not in "fiub":
+            raise TypeError(f"{name} must be numbers for the {self.name} loss, got dtype {y.dtype}")
+        if y.shape != (n, width):
+            raise ValueError(f"{name} has shape {y.shape}, but the {self.name} loss needs targets shaped like "
+                             f"the output, ({n}, {width})")
+        return np.ascontiguousarray(y, dtype=dtype)
+
+    def compute(self, out, target, grad_out):
+        return self._fn(out, target, out=grad_out)[0]
+
+    def scores(self, out, target):
+        if self.name == "cross_entropy":
+            return {"accuracy": metrics.accuracy(target, np.argmax(out, axis=1))}
+        if self.name == "mse":
+            return {"mse": metrics.mean_squared_error(target, out), "r2": metrics.r2_score(target, out)}
+        return {"binary_accuracy": metrics.binary_accuracy(target, out)}
+
+
+LOSSES = {
+    "cross_entropy": Loss("cross_entropy", functional.softmax_cross_entropy, True),
+    "mse": Loss("mse", functional.mse_loss, False),
+    "bce_with_logits": Loss("bce_with_logits", functional.bce_with_logits, False),
+}
+
+
+def get(name):
+    """The :class:`Loss` called ``name``; ValueError listing the valid names."""
+    try:
+        return LOSSES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown loss {name!r}; valid names are {', '.join(LOSSES)}") from None

@@ -1,0 +1,769 @@
+"""``Sequential``: a model composed of layers, trained over one flat buffer.
+
+    from fastwb import nn
+    model = nn.Sequential(nn.Linear(784, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.2),
+                          nn.Linear(256, 10), dtype="float32", rng=0)
+    model.compile("adam", lr=1e-3, loss="cross_entropy")
+    history = model.fit(X, y, epochs=5, batch_size=128, validation_data=(Xv, yv))
+
+Layout: every trainable array (weights, biases, BatchNorm's gamma and beta)
+is a view into one flat buffer ``params``; their gradients live in
+``grads`` with the same layout, so one fused optimizer pass updates them
+all.  Running statistics live in a second buffer, ``buffers``, that no
+optimizer touches (``num_batches_tracked`` in a small int64 array).
+
+The plan: the layers are grouped into stages that each run as one fused
+kernel call forward and one backward:
+
+* ``Linear`` [-> activation] [-> ``Dropout``]: a GEMM, one bias + activation
+  pass, one dropout pass;
+* ``BatchNorm1d`` [-> activation] [-> ``Dropout``]: one column-statistics
+  pass and one pass that normalises, scales, shifts, activates and drops;
+  backward in two passes with the dropout mask recomputed;
+* an activation or a ``Dropout`` on its own.
+
+Workspaces are allocated once per batch size, so a step allocates no array
+after the first.  Thread safety: inference (``logits``, ``predict``,
+``evaluate``) and training on one model must not run from several threads
+at once; use one model per thread (or :meth:`copy`).
+"""
+
+import copy as _copy
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from fastwb import _engine, _io, functional, init, normalization, optim, prune
+from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, plan_threads
+from fastwb._validate import ACTIVATIONS, FLOAT_DTYPES, check_int
+from fastwb.nn import losses as _losses
+from fastwb.nn.layers import BatchNorm1d, Dropout, Layer, Linear, _Activation, layer_from_config
+
+__all__ = ["Sequential", "load", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "fastwb-nn-2"
+OPTIMIZERS = {"sgd": optim.SGD, "momentum": optim.Momentum, "adam": optim.Adam, "adamw": optim.AdamW,
+              "rmsprop": optim.RMSprop}
+_SPEC_BYTES = 1 << 20           # bound on a checkpoint's JSON specification
+
+
+class _Stage:
+    """Consecutive layers that run as one fused call: ``kind`` is "dense",
+    "bn", "act" or "dropout"; ``act``/``alpha`` the fused activation;
+    ``p`` the fused dropout probability (0: none); ``index`` the position
+    of the stage's first layer (its parameters' names)."""
+
+    def __init__(self, kind, index, layer):
+        self.kind, self.index, self.layer = kind, index, layer
+        self.act, self.alpha, self.p = "identity", 0.01, 0.0
+        self.layers = [index]
+
+
+def _stages(layers):
+    stages = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        kind = ("dense" if isinstance(layer, Linear) else "bn" if isinstance(layer, BatchNorm1d)
+                else "act" if isinstance(layer, _Activation) else "dropout")
+        st = _Stage(kind, i, layer)
+        i += 1
+        fuse_act = kind in ("dense", "bn") and not (kind == "dense" and i < len(layers)
+                                                    and isinstance(layers[i], BatchNorm1d))
+        if kind == "act":
+            st.act, st.alpha = layer.activation, getattr(layer, "negative_slope", 0.01)
+        elif fuse_act and i < len(layers) and isinstance(layers[i], _Activation):
+            st.act, st.alpha = layers[i].activation, getattr(layers[i], "negative_slope", 0.01)
+            st.layers.append(i)
+            i += 1
+        if kind == "dropout":
+            st.p = layer.p
+        elif kind != "dense" or st.act != "identity" or not (i < len(layers) and isinstance(layers[i], BatchNorm1d)):
+            if i < len(layers) and isinstance(layers[i], Dropout):
+                st.p = layers[i].p
+                st.layers.append(i)
+                i += 1
+        stages.append(st)
+    return stages
+
+
+class _Workspace:
+    """Every array one step of one batch size needs, allocated once."""
+
+    def __init__(self, model, n):
+        dt = model.dtype
+        self.n = n
+        self.x = np.empty((n, model.in_features), dt)          # gathered batch (fit)
+        self.out, self.pre, self.grad_in, self.work = [], [], [], []
+        self.mean, self.invstd = [], []
+        for st, (w_in, w_out) in zip(model._plan, model._widths):
+            self.out.append(np.empty((n, w_out), dt))
+            # dense + dropout and act + dropout keep the activation output before the dropout
+            self.pre.append(np.empty((n, w_out), dt) if st.p and st.kind in ("dense", "act") else None)
+            self.grad_in.append(np.empty((n, w_in), dt))
+            self.work.append(np.empty((n, w_out), dt))
+            self.mean.append(np.empty(w_out, dt) if st.kind == "bn" else None)
+            self.invstd.append(np.empty(w_out, dt) if st.kind == "bn" else None)
+        self.grad_out = np.empty((n, model.out_features), dt)
+        self.y = None
+        self.plan = _step_plan(model, self) if model._dense_chain() else None
+
+
+def _step_plan(model, ws):
+    """The compiled one-call step (fastwb/_engine.pyx) of a chain of Linear ->
+    activation stages with a cross-entropy loss: what ``fastwb.MLP`` runs."""
+    n = ws.n
+    codes = [ACTIVATIONS[st.act] for st in model._plan]
+    exp = (ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"])
+    grains = [GRAIN_COMPUTE if c in exp else GRAIN_MEMORY for c in codes]
+    widths = [w_out for _, w_out in model._widths]
+    nt_act = [plan_threads(n * w, g) for w, g in zip(widths, grains)]
+    nt_col = [min(plan_threads(n * w, g), max(1, w // 16)) for w, g in zip(widths, grains)]
+    ws.row_loss = np.empty(n, np.float64)
+    idx = [st.index for st in model._plan]
+    return _engine.StepPlan([model._params[i]["weight"] for i in idx], [model._params[i]["bias"] for i in idx],
+                            [model._grads[i]["weight"] for i in idx], [model._grads[i]["bias"] for i in idx],
+                            ws.out, ws.work, ws.grad_in, ws.row_loss, codes,
+                            next((st.alpha for st in model._plan if st.act == "leaky_relu"), 0.01),
+                            nt_act, nt_col, plan_threads(n * model.out_features, GRAIN_COMPUTE))
+
+
+class Sequential:
+    """Layers applied in order, trained with one fused optimizer over one flat
+    parameter buffer.
+
+    Parameters
+    ----------
+    *layers : :mod:`fastwb.nn` layers (``Linear``, ``BatchNorm1d``, ``Dropout``,
+        ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``Identity``)
+    dtype : "float32" (default) or "float64"
+    rng : seed, Generator or None: initial weights, and the seed of the
+        dropout masks
+    in_features : the input width, needed only when no layer fixes it
+
+    Layer widths are checked at construction; a mismatch names both layers
+    and both sizes.
+    """
+
+    def __init__(self, *layers, dtype="float32", rng=None, in_features=None):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("a Sequential needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is a {type(layer).__name__}, not a fastwb.nn layer")
+        dtype = np.dtype(dtype)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        self.layers = list(layers)
+        self.dtype = dtype
+        self._widths_of(in_features)
+        self._plan = _stages(self.layers)
+        self._stage_widths()
+        gen = init.as_generator(rng)
+        self.seed = int(gen.integers(0, 2**31 - 1))
+        self._layout()
+        for i, layer in enumerate(self.layers):
+            layer.initialise(self._params[i], self._buffers[i], gen)
+        self.training = True
+        self.optimizer = None
+        self.loss = _losses.get("cross_entropy")
+        self.step_count = 0
+        self.epochs_done = 0
+        self.stop_training = False
+        self.masks = None
+        self._workspaces = {}
+
+    # -- structure -------------------------------------------------------------------
+    def _widths_of(self, in_features):
+        width = None if in_features is None else check_int("in_features", in_features, 1)
+        first = None
+        for i, layer in enumerate(self.layers):
+            need = layer.in_features()
+            if need is not None:
+                if width is not None and need != width:
+                    prev = f"layer {i - 1} ({self.layers[i - 1]!r}) gives {width}" if i else f"the input has {width}"
+                    raise ValueError(f"layer sizes do not match: {prev} features, but layer {i} ({layer!r}) "
+                                     f"takes {need}")
+                width = need
+            if first is None and width is not None:
+                first = width
+            width = layer.out_features(width) if width is not None else None
+        if first is None or width is None:
+            raise ValueError("no layer fixes the input width: pass in_features=")
+        self.in_features, self.out_features = first, width
+
+    def _stage_widths(self):
+        widths, w = [], self.in_features
+        for st in self._plan:
+            w_out = self.layers[st.index].out_features(w)
+            widths.append((w, w_out))
+            w = w_out
+        self._widths = widths
+
+    def _layout(self):
+        """One flat buffer for the parameters (and one for their gradients), one
+        for the running statistics; each layer's arrays are views into them."""
+        pshapes = [layer.param_shapes() for layer in self.layers]
+        bshapes = [layer.buffer_shapes() for layer in self.layers]
+        n_p = sum(math.prod(s) for d in pshapes for s in d.values())
+        n_b = sum(math.prod(s) for d in bshapes for s in d.values())
+        self.params = np.zeros(n_p, self.dtype)
+        self.grads = np.zeros(n_p, self.dtype)
+        self.buffers = np.zeros(n_b, self.dtype)
+        bn = [i for i, layer in enumerate(self.layers) if isinstance(layer, BatchNorm1d) and layer.track_running_stats]
+        self.num_batches_tracked = np.zeros(len(bn), np.int64)
+        self._nbt_index = {i: k for k, i in enumerate(bn)}
+        self._params, self._grads, self._buffers, self._names = [], [], [], []
+        po = bo = 0
+        for i, (ps, bs) in enumerate(zip(pshapes, bshapes)):
+            p, g, b = {}, {}, {}
+            for name, shape in ps.items():
+                size = math.prod(shape)
+                p[name] = self.params[po:po + size].reshape(shape)
+                g[name] = self.grads[po:po + size].reshape(shape)
+                self._names.append((f"{i}.{name}", "param", po, shape))
+                po += size
+            for name, shape in bs.items():
+                size = math.prod(shape)
+                b[name] = self.buffers[bo:bo + size].reshape(shape)
+                self._names.append((f"{i}.{name}", "buffer", bo, shape))
+                bo += size
+            if i in self._nbt_index:
+                self._names.append((f"{i}.num_batches_tracked", "count", self._nbt_index[i], ()))
+            self._params.append(p)
+            self._grads.append(g)
+            self._buffers.append(b)
+
+    @property
+    def n_params(self):
+        return self.params.size
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    # -- modes -----------------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (dropout on, BatchNorm on batch statistics); returns the model."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode (dropout off, BatchNorm on running statistics); returns the model."""
+        return self.train(False)
+
+    # -- optimizer and loss --------------------------------------------------------------
+    def compile(self, optimizer="adam", loss=None, **hyper):
+        """Choose the optimizer (a name, with PyTorch's hyperparameter names, or a
+        :mod:`fastwb.optim` optimizer built over ``[model.params]``) and the loss
+        (``"cross_entropy"``, ``"mse"``, ``"bce_with_logits"``; unchanged when None)."""
+        if loss is not None:
+            self.loss = _losses.get(loss)
+            self._workspaces = {}           # the compiled plan depends on the loss
+        if isinstance(optimizer, optim.Optimizer):
+            if len(optimizer.params) != 1 or optimizer.params[0] is not self.params:
+                raise ValueError("the optimizer must be built over [model.params], the model's one buffer")
+            self.optimizer = optimizer
+        else:
+            if optimizer not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {optimizer!r}; valid names are {', '.join(OPTIMIZERS)}")
+            self.optimizer = OPTIMIZERS[optimizer]([self.params], **hyper)
+        if self.masks is not None:
+            self.optimizer.set_masks([self._flat_mask()])
+        return self
+
+    # -- checks --------------------------------------------------------------------------
+    def _check_x(self, X, name="X"):
+        X = np.asarray(X)
+        if X.dtype != self.dtype:
+            raise TypeError(f"{name} has dtype {X.dtype} but the model is {self.dtype}; convert it with .astype(...)")
+        if X.ndim != 2 or X.shape[1] != self.in_features:
+            raise ValueError(f"{name} must have shape (n, {self.in_features}), got {X.shape}")
+        return np.ascontiguousarray(X)
+
+    def _check_batch(self, X, y, name="y"):
+        X = self._check_x(X)
+        return X, self.loss.targets(y, X.shape[0], self.out_features, self.dtype, name)
+
+    def _workspace(self, n):
+        ws = self._workspaces.get(n)
+        if ws is None:
+            if len(self._workspaces) >= 4:          # an epoch's batch, its tail, and inference chunks
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[n] = _Workspace(self, n)
+        return ws
+
+    # -- the plan ------------------------------------------------------------------------
+    def _dense_chain(self):
+        """True when the model is Linear (with bias) -> activation stages only,
+        without dropout, ending in a linear output, trained with cross-entropy
+        (one leaky slope): then a step is one compiled call (:func:`_step_plan`)."""
+        alphas = {st.alpha for st in self._plan if st.act == "leaky_relu"}
+        return (self.loss.name == "cross_entropy" and self._plan[-1].act == "identity" and len(alphas) <= 1
+                and all(st.kind == "dense" and not st.p and st.layer.bias for st in self._plan))
+
+    def _seed(self, stage):
+        return (self.seed * 1000003 + stage.index) % (2**31 - 1)
+
+    def _forward(self, X, ws, training):
+        x = X
+        for k, st in enumerate(self._plan):
+            out = ws.out[k]
+            p = st.p if training else 0.0
+            if st.kind == "dense":
+                W, b = self._params[st.index]["weight"], self._params[st.index].get("bias")
+                dst = ws.pre[k] if p else out
+                functional.linear(x, W, b, st.act, st.alpha, out=dst)
+                if p:
+                    normalization.dropout(dst, p, self._seed(st), self.step_count, out=out)
+            elif st.kind == "bn":
+                layer = st.layer
+                prm, buf = self._params[st.index], self._buffers[st.index]
+                batch_stats = training or not layer.track_running_stats
+                nbt = None
+                if training and layer.track_running_stats:
+                    k_nbt = self._nbt_index[st.index]
+                    nbt = self.num_batches_tracked[k_nbt:k_nbt + 1]
+                functional_kw = dict(training=batch_stats, momentum=layer.momentum, eps=layer.eps,
+                                     num_batches_tracked=nbt, activation=st.act, alpha=st.alpha,
+                                     dropout=p, seed=self._seed(st), step=self.step_count, out=out,
+                                     stats=(ws.mean[k], ws.invstd[k]))
+                running = (buf.get("running_mean"), buf.get("running_var"))
+                if batch_stats and not training:
+                    running = (None, None)          # no running statistics to update outside training
+                normalization.batch_norm(x, prm.get("weight"), prm.get("bias"), *running, **functional_kw)
+            elif st.kind == "act":
+                dst = ws.pre[k] if p else out
+                _activate(x, st.act, st.alpha, dst)
+                if p:
+                    normalization.dropout(dst, p, self._seed(st), self.step_count, out=out)
+            else:
+                if p:
+                    normalization.dropout(x, p, self._seed(st), self.step_count, out=out)
+                else:
+                    np.copyto(out, x)
+            x = out
+        return x
+
+    def _backward(self, X, ws, training, weights=True):
+        """Gradients from ws.grad_out back to the input; parameter gradients into
+        ``grads`` unless ``weights`` is False.  Returns the input gradient."""
+        g = ws.grad_out
+        for k in range(len(self._plan) - 1, -1, -1):
+            st = self._plan[k]
+            x = X if k == 0 else ws.out[k - 1]
+            p = st.p if training else 0.0
+            gx = ws.grad_in[k]
+            if st.kind == "dense":
+                if p:
+                    g = normalization.dropout_backward(g, p, self._seed(st), self.step_count, out=ws.work[k])
+                a = ws.pre[k] if p else ws.out[k]
+                W = self._params[st.index]["weight"]
+                gW, gb = self._grads[st.index]["weight"], self._grads[st.index].get("bias")
+                if weights:
+                    if gb is None:
+                        gb = np.empty(W.shape[1], self.dtype)
+                    functional.linear_backward(g, a if st.act != "identity" else None, x, W, st.act, st.alpha,
+                                               out=(gx, gW, gb), work=None if st.act == "identity" else g)
+                else:
+                    dz = g if st.act == "identity" else functional_backward(st.act, st.alpha, g, a, g)
+                    np.matmul(dz, W.T, out=gx)
+            elif st.kind == "bn":
+                layer = st.layer
+                prm, grd = self._params[st.index], self._grads[st.index]
+                batch_stats = training or not layer.track_running_stats
+                outs = (gx, grd.get("weight") if weights else None, grd.get("bias") if weights else None)
+                if outs[1] is None and layer.affine:
+                    outs = (gx, np.empty(layer.num_features, self.dtype), np.empty(layer.num_features, self.dtype))
+                normalization.batch_norm_backward(g, x, ws.mean[k], ws.invstd[k], prm.get("weight"), prm.get("bias"),
+                                                  training=batch_stats, activation=st.act, alpha=st.alpha, dropout=p,
+                                                  seed=self._seed(st), step=self.step_count, out=outs,
+                                                  work=ws.work[k])
+            elif st.kind == "act":
+                if p:
+                    g = normalization.dropout_backward(g, p, self._seed(st), self.step_count, out=ws.work[k])
+                functional_backward(st.act, st.alpha, g, ws.pre[k] if p else ws.out[k], gx)
+            else:
+                if p:
+                    normalization.dropout_backward(g, p, self._seed(st), self.step_count, out=gx)
+                else:
+                    np.copyto(gx, g)
+            g = gx
+        return g
+
+    # -- training ------------------------------------------------------------------------
+    def gradients(self, X, y):
+        """Mean loss for a batch, with every parameter's gradient in ``grads``
+        (in the current mode; nothing is updated, no step is counted)."""
+        X, y = self._check_batch(X, y)
+        _nonempty(X)
+        ws = self._workspace(X.shape[0])
+        loss = self._loss_and_grad(X, y, ws, self.training)
+        self._backward(X, ws, self.training)
+        return loss
+
+    def _loss_and_grad(self, X, y, ws, training):
+        out = self._forward(X, ws, training)
+        return self.loss.compute(out, y, ws.grad_out)
+
+    def _gradients(self, X, y, ws):
+        """Loss and parameter gradients of one training batch (one compiled call
+        for a dense chain)."""
+        if ws.plan is not None:
+            return ws.plan.gradients(X, y)
+        loss = self._loss_and_grad(X, y, ws, True)
+        self._backward(X, ws, True)
+        return loss
+
+    def train_step(self, X, y):
+        """One optimisation step on a batch in training mode (Adam lr 1e-3 unless
+        :meth:`compile` chose otherwise); returns the batch's mean loss."""
+        X, y = self._check_batch(X, y)
+        _nonempty(X)
+        if self.optimizer is None:
+            self.compile()
+        return self._step(X, y, self._workspace(X.shape[0]))
+
+    def _step(self, X, y, ws):
+        loss = self._gradients(X, y, ws)
+        self.optimizer._apply([self.grads])
+        self.step_count += 1
+        return loss
+
+    def input_gradient(self, X, y, training=False):
+        """Gradient of the mean loss with respect to X (for saliency maps and
+        adversarial examples), in eval mode unless ``training``: no parameter
+        gradient is computed and nothing in the model changes."""
+        X, y = self._check_batch(X, y)
+        _nonempty(X)
+        ws = self._workspace(X.shape[0])
+        saved = (self.buffers.copy(), self.num_batches_tracked.copy())
+        self._loss_and_grad(X, y, ws, training)
+        g = self._backward(X, ws, training, weights=False).copy()
+        self.buffers[...], self.num_batches_tracked[...] = saved
+        return g
+
+    def fit(self, X, y, epochs=5, batch_size=128, shuffle=True, validation_data=None, callbacks=(), rng=None,
+            prune_schedule=None, prune_scope="global", verbose=True):
+        """Train for ``epochs`` passes over (X, y) in mini-batches, in training mode.
+
+        Returns the history dict: per epoch ``loss``, the loss's metric
+        (``accuracy``, ``r2`` or ``binary_accuracy``), ``val_*`` of both with
+        ``validation_data``, ``sparsity`` and ``seconds``.  Shuffling draws
+        each epoch's order from ``rng`` and the epoch's number, so a fit
+        resumed from a checkpoint continues exactly as if never stopped.
+        ``callbacks``: :mod:`fastwb.nn.callbacks` objects; one may set
+        ``model.stop_training``.  ``prune_schedule``/``prune_scope`` as in
+        :meth:`fastwb.MLP.fit` (Linear weights only)."""
+        from fastwb.mlp import _Progress, _schedule
+
+        X, y = self._check_batch(X, y)
+        n = X.shape[0]
+        _nonempty(X)
+        epochs = check_int("epochs", epochs, 1)
+        batch_size = check_int("batch_size", batch_size, 1)
+        if self.optimizer is None:
+            self.compile()
+        if validation_data is not None:
+            Xv, yv = validation_data
+            validation_data = (self._check_x(Xv, "validation X"),
+                               self.loss.targets(yv, len(Xv), self.out_features, self.dtype, "validation y"))
+        seed = int(init.as_generator(rng).integers(0, 2**63 - 1)) if not isinstance(rng, (int, np.integer)) else int(rng)
+        steps_per_epoch = -(-n // batch_size)
+        schedule = _schedule(prune_schedule, epochs * steps_per_epoch)
+        callbacks = list(callbacks)
+        self.stop_training = False
+        for cb in callbacks:
+            cb.on_train_begin(self)
+        history = {}
+        was_training = self.training
+        self.train()
+        current_sparsity = None
+        start_step = self.step_count
+        try:
+            for _ in range(epochs):
+                epoch = self.epochs_done
+                order = (np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n))
+                bar = _Progress(steps_per_epoch, f"epoch {epoch + 1}", verbose)
+                t0 = time.perf_counter()
+                loss_sum, correct = 0.0, 0
+                for s in range(0, n, batch_size):
+                    idx = order[s:s + batch_size]
+                    ws = self._workspace(len(idx))
+                    np.take(X, idx, axis=0, out=ws.x)
+                    if ws.y is None or ws.y.shape[1:] != y.shape[1:] or ws.y.dtype != y.dtype:
+                        ws.y = np.empty((len(idx),) + y.shape[1:], y.dtype)
+                    yb = np.take(y, idx, axis=0, out=ws.y)
+                    if schedule is not None:
+                        target = schedule(self.step_count - start_step)
+                        if current_sparsity is None or target > current_sparsity:
+                            self.prune(target, prune_scope)
+                            current_sparsity = target
+                    loss = self._step(ws.x, yb, ws)
+                    loss_sum += loss * len(idx)
+                    if self.loss.classification:
+                        correct += int(np.count_nonzero(np.argmax(ws.out[-1], axis=1) == yb))
+                    bar.update(loss)
+                seconds = time.perf_counter() - t0
+                logs = {"loss": loss_sum / n}
+                # the training metric: from the steps' own outputs for accuracy, else one inference pass
+                logs.update({"accuracy": correct / n} if self.loss.classification else self._scores(X, y))
+                if validation_data is not None:
+                    vl, vs = self._evaluate(*validation_data, batch_size=1024)
+                    logs["val_loss"] = vl
+                    logs.update({f"val_{k}": v for k, v in vs.items()})
+                logs["sparsity"] = self.sparsity()
+                logs["seconds"] = seconds
+                self.epochs_done += 1
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, logs)
+                for k, v in logs.items():
+                    history.setdefault(k, []).append(v)
+                bar.close(f"epoch {epoch + 1}: " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in logs.items() if k not in ("seconds", "sparsity"))
+                    + f", {n / max(seconds, 1e-9):,.0f} samples/s")
+                if self.stop_training:
+                    break
+        finally:
+            for cb in callbacks:
+                cb.on_train_end()
+            self.train(was_training)
+        return history
+
+    # -- inference -----------------------------------------------------------------------
+    def logits(self, X, batch_size=1024):
+        """The network's output (before any softmax or sigmoid) for inference: in
+        any mode, BatchNorm uses its running statistics and dropout is off, and
+        nothing in the model changes."""
+        X = self._check_x(X)
+        batch_size = check_int("batch_size", batch_size, 1)
+        out = np.empty((X.shape[0], self.out_features), self.dtype)
+        for s in range(0, X.shape[0], batch_size):
+            chunk = X[s:s + batch_size]
+            out[s:s + len(chunk)] = self._forward(chunk, self._workspace(len(chunk)), False)
+        return out
+
+    def predict_proba(self, X, batch_size=1024):
+        """Class probabilities: softmax of the output (cross_entropy), sigmoid of it
+        (bce_with_logits); the output itself for regression."""
+        z = self.logits(X, batch_size)
+        if self.loss.name == "cross_entropy":
+            return functional.softmax(z, out=z)
+        if self.loss.name == "bce_with_logits":
+            return functional.sigmoid(z, out=z)
+        return z
+
+    def predict(self, X, batch_size=1024):
+        """Predicted classes (cross_entropy), 0/1 labels (bce_with_logits) or values (mse)."""
+        z = self.logits(X, batch_size)
+        if self.loss.name == "cross_entropy":
+            return np.argmax(z, axis=1)
+        if self.loss.name == "bce_with_logits":
+            return (z > 0).astype(np.int64)
+        return z
+
+    def evaluate(self, X, y, batch_size=1024):
+        """``(mean_loss, metric)`` for inference (as :meth:`logits`): accuracy
+        (cross_entropy), R^2 (mse) or binary accuracy (bce_with_logits)."""
+        X, y = self._check_batch(X, y)
+        _nonempty(X)
+        loss, scores = self._evaluate(X, y, check_int("batch_size", batch_size, 1))
+        return loss, next(iter(scores.values())) if self.loss.name != "mse" else scores["r2"]
+
+    def _evaluate(self, X, y, batch_size):
+        out = self.logits(X, batch_size)
+        grad = np.empty_like(out)
+        return self.loss.compute(out, y, grad), self.loss.scores(out, y)
+
+    def _scores(self, X, y):
+        return self.loss.scores(self.logits(X), y)
+
+    # -- pruning -------------------------------------------------------------------------
+    def _linear_weights(self):
+        return [self._params[i]["weight"] for i, layer in enumerate(self.layers) if isinstance(layer, Linear)]
+
+    def prune(self, sparsity, scope="global"):
+        """Prune the Linear weights to ``sparsity`` by magnitude (as :meth:`fastwb.MLP.prune`)."""
+        self.masks = prune.grow_masks(self._linear_weights(), sparsity, scope, self.masks)
+        if self.optimizer is not None:
+            self.optimizer.set_masks([self._flat_mask()])
+
+    def _flat_mask(self):
+        mask = np.ones(self.params.size, bool)
+        weights = iter(self.masks)
+        for name, kind, offset, shape in self._names:
+            layer = self.layers[int(name.split(".")[0])]
+            if kind == "param" and isinstance(layer, Linear) and name.endswith(".weight"):
+                mask[offset:offset + math.prod(shape)] = next(weights).reshape(-1)
+        return mask
+
+    def sparsity(self):
+        """Fraction of exactly-zero Linear weights."""
+        ws = self._linear_weights()
+        total = sum(w.size for w in ws)
+        return 1.0 - sum(np.count_nonzero(w) for w in ws) / total if total else 0.0
+
+    # -- state -----------------------------------------------------------------------------
+    def _entry(self, kind, offset, shape):
+        if kind == "param":
+            return self.params[offset:offset + math.prod(shape)].reshape(shape)
+        if kind == "buffer":
+            return self.buffers[offset:offset + math.prod(shape)].reshape(shape)
+        return self.num_batches_tracked[offset:offset + 1].reshape(())
+
+    def state_dict(self):
+        """Copies of every parameter and buffer under PyTorch's names (``"0.weight"``,
+        ``"1.running_var"``, ``"1.num_batches_tracked"``, ...).  Linear weights are
+        ``(in, out)``."""
+        return {name: self._entry(kind, off, shape).copy() for name, kind, off, shape in self._names}
+
+    def load_state_dict(self, state, convert_dtype=False):
+        """Set every parameter and buffer from ``state`` (the names of
+        :meth:`state_dict`).  A missing, extra or misshapen entry is a ValueError
+        naming it; an entry of another float dtype is one too unless
+        ``convert_dtype``.  Nothing changes unless everything fits."""
+        names = [n for n, *_ in self._names]
+        missing = [n for n in names if n not in state]
+        extra = [n for n in state if n not in names]
+        if missing or extra:
+            raise ValueError("state dict does not match the model: "
+                             + "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                                         + ([f"unexpected {', '.join(map(str, extra))}"] if extra else [])))
+        checked = {}
+        for name, kind, off, shape in self._names:
+            v = np.asarray(state[name])
+            if v.shape != shape:
+                raise ValueError(f"state dict entry {name!r} has shape {v.shape}, the model needs {shape}")
+            want = np.int64 if kind == "count" else self.dtype
+            if v.dtype != want and not (convert_dtype and v.dtype.kind == np.dtype(want).kind):
+                if kind == "count" and v.dtype.kind in "iu":
+                    pass
+                else:
+                    raise ValueError(f"state dict entry {name!r} has dtype {v.dtype}, the model is {np.dtype(want)}"
+                                     + ("" if kind == "count" else " (pass convert_dtype=True to convert)"))
+            checked[name] = v
+        for name, kind, off, shape in self._names:
+            self._entry(kind, off, shape)[...] = checked[name]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def spec(self):
+        """The model's layer specification (JSON-serialisable)."""
+        return {"layers": [{"type": type(layer).__name__, **layer.config()} for layer in self.layers],
+                "dtype": self.dtype.name, "in_features": self.in_features, "loss": self.loss.name,
+                "seed": self.seed, "step_count": self.step_count, "epochs_done": self.epochs_done}
+
+    def save(self, path, with_optimizer=False):
+        """Write a v2 checkpoint to exactly ``path``, atomically: the layer
+        specification (JSON), the parameter and buffer arrays, and with
+        ``with_optimizer`` the optimizer's hyperparameters, step and state, so
+        that :func:`fastwb.nn.load` followed by ``fit`` continues bit for bit."""
+        fields = {"format": np.array(CHECKPOINT_FORMAT), "spec": np.array(json.dumps(self.spec())),
+                  "params": self.params, "buffers": self.buffers, "num_batches_tracked": self.num_batches_tracked}
+        if with_optimizer and self.optimizer is not None:
+            sd = self.optimizer.state_dict()
+            hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in sd["hyper"].items()}
+            fields["optimizer"] = np.array(json.dumps({"name": sd["optimizer"], "hyper": hyper, "step": sd["step"]}))
+            for k, v in sd["state"][0].items():
+                fields[f"optimizer_{k}"] = v
+            if sd["masks"][0] is not None:
+                fields["optimizer_mask"] = sd["masks"][0]
+        with _io.atomic_open(path, "wb") as fh:
+            np.savez(fh, **fields)
+
+    def copy(self):
+        """An independent deep copy (for inference from another thread)."""
+        return _copy.deepcopy(self)
+
+    def __repr__(self):
+        inner = ",\n  ".join(f"({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n  {inner}\n) [{self.dtype.name}, {self.n_params} parameters]"
+
+
+def load(path):
+    """Read a checkpoint written by :meth:`Sequential.save` (v2); a v1 ``MLP``
+    checkpoint is read by :meth:`fastwb.MLP.load`.  Every declared size is
+    checked against the file before anything is allocated; a damaged or
+    foreign file is a ValueError naming it."""
+    with _io.NpzReader(path, "fastwb checkpoint") as npz:
+        if "format" not in npz.members or "spec" not in npz.members:
+            if "layer_sizes" in npz.members:
+                from fastwb.mlp import MLP
+
+                return MLP.load(path)
+            raise ValueError(f"{npz.name}: not a fastwb checkpoint (no format or spec)")
+        fmt = str(npz.read("format", max_bytes=1024))
+        if fmt != CHECKPOINT_FORMAT:
+            raise ValueError(f"{npz.name}: checkpoint format {fmt!r} is not {CHECKPOINT_FORMAT!r}")
+        try:
+            spec = json.loads(str(npz.read("spec", max_bytes=_SPEC_BYTES)))
+            layers = [layer_from_config(s) for s in spec["layers"]]
+            dtype = np.dtype(spec["dtype"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{npz.name}: bad layer specification ({e})") from None
+        n_p = sum(math.prod(s) for layer in layers for s in layer.param_shapes().values())
+        n_b = sum(math.prod(s) for layer in layers for s in layer.buffer_shapes().values())
+        for key, shape, dt in (("params", (n_p,), dtype), ("buffers", (n_b,), dtype)):
+            m = npz.members.get(key)
+            if m is None or m.shape != shape or m.dtype != dt:
+                raise ValueError(f"{npz.name}: {key} is {m.describe() if m else 'missing'}, the layers need "
+                                 f"{np.dtype(dt)}{shape}")
+        try:
+            model = Sequential(*layers, dtype=dtype, in_features=spec.get("in_features"), rng=0)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{npz.name}: inconsistent layer specification ({e})") from None
+        nbt = npz.members.get("num_batches_tracked")
+        if nbt is None or nbt.shape != model.num_batches_tracked.shape or nbt.dtype != np.int64:
+            raise ValueError(f"{npz.name}: num_batches_tracked does not match the layers")
+        model.params[...] = npz.read("params")
+        model.buffers[...] = npz.read("buffers")
+        model.num_batches_tracked[...] = npz.read("num_batches_tracked")
+        model.loss = _losses.get(spec.get("loss", "cross_entropy"))
+        model.seed = check_int("seed", spec.get("seed", 0), 0)
+        model.step_count = check_int("step_count", spec.get("step_count", 0), 0)
+        model.epochs_done = check_int("epochs_done", spec.get("epochs_done", 0), 0)
+        if "optimizer" in npz.members:
+            info = json.loads(str(npz.read("optimizer", max_bytes=_SPEC_BYTES)))
+            name = info.get("name", "")
+            cls = {c.__name__: c for c in OPTIMIZERS.values()}.get(name)
+            if cls is None:
+                raise ValueError(f"{npz.name}: unknown optimizer {name!r}")
+            opt = cls([model.params])
+            state = {k[len("optimizer_"):]: npz.read(k) for k in npz.members
+                     if k.startswith("optimizer_") and k != "optimizer_mask"}
+            hyper = {k: tuple(v) if isinstance(v, list) else v for k, v in info.get("hyper", {}).items()}
+            mask = npz.read("optimizer_mask") if "optimizer_mask" in npz.members else None
+            opt.load_state_dict({"optimizer": name, "hyper": hyper, "step": info.get("step"), "state": [state],
+                                 "masks": [mask]})
+            model.optimizer = opt
+    return model
+
+
+def _nonempty(X):
+    if X.shape[0] == 0:
+        raise ValueError("the batch is empty")
+
+
+def _activate(x, act, alpha, out):
+    if act == "leaky_relu":
+        return functional.leaky_relu(x, alpha, out=out)
+    return getattr(functional, act)(x, out=out) if act != "identity" else np.copyto(out, x)
+
+
+def functional_backward(act, alpha, g, y, out):
+    """Gradient through an activation from its output (identity: a copy)."""
+    if act == "identity":
+        np.copyto(out, g)
+        return out
+    if act == "leaky_relu":
+        return functional.leaky_relu_backward(g, y, alpha, out=out)
+    return getattr(functional, act + "_backward")(g, y, out=out)
+
+
+assert set(ACTIVATIONS) == {"identity", "relu", "leaky_relu", "sigmoid", "tanh"}
