@@ -9,6 +9,9 @@ Public layer (start reading here):
   correctness reference and the benchmark baseline.
 * the slide API (:mod:`fastwb.slides`, re-exported here): the course
   slides' functions and classes under their own names and signatures;
+* :mod:`fastwb.nn`: models composed of layers (``Linear``, ``BatchNorm1d``,
+  ``Dropout``, activations) in ``Sequential``, trained in fused steps;
+* :mod:`fastwb.normalization` (batch norm, dropout), :mod:`fastwb.metrics`;
 * :mod:`fastwb.optim` (fused in-place SGD, Momentum, Adam, AdamW, RMSprop),
   :mod:`fastwb.prune` (magnitude pruning by O(n) selection, schedules),
   :mod:`fastwb.init` (initialisers), :mod:`fastwb.regularization`;
@@ -23,8 +26,9 @@ The compiled kernels live in the private ``fastwb._dense``, ``_losses``,
 # user chose a policy) before any other compiled module of fastwb.
 from fastwb._runtime import get_num_threads, plan_threads, set_num_threads, show_config, threads
 from fastwb._version import __version__
-from fastwb import functional, init, optim, prune, regularization, slides  # noqa: F401
+from fastwb import functional, init, metrics, normalization, optim, prune, regularization, slides  # noqa: F401
 from fastwb.mlp import MLP
+from fastwb import nn  # noqa: E402,F401  (the engine of layer-composed models)
 from fastwb.functional import *  # noqa: F401,F403  (the names listed in functional.__all__)
 from fastwb.slides import *  # noqa: F401,F403  (the names listed in slides.__all__)
 
