@@ -14,7 +14,8 @@ respect to the output (:mod:`fastwb.functional`)."""
 
 import numpy as np
 
-from fastwb import functional, metrics
+from fastwb import _losses, functional, metrics
+from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, plan_threads
 
 __all__ = ["LOSSES", "Loss", "get"]
 
@@ -24,10 +25,21 @@ class Loss:
     gradient into ``grad_out``; ``targets(y, n, width, dtype)`` checks and
     converts a target array; ``scores(out, target)`` gives the metrics."""
 
-    def __init__(self, name, fn, classification):
+    def __init__(self, name, fn, kernel, grain, classification):
         self.name = name
         self._fn = fn
+        self._kernel = kernel
+        self.grain = grain
         self.classification = classification
+
+    def threads(self, size):
+        """Threads of the loss kernel over ``size`` output elements."""
+        return plan_threads(size, self.grain)
+
+    def kernel(self, out, target, grad_out, row_work, n_threads):
+        """The fused loss kernel itself, for the engine's own checked arrays
+        (``row_work``: a float64 workspace of one entry per row)."""
+        return self._kernel(out, target, grad_out, row_work, n_threads)
 
     def targets(self, y, n, width, dtype, name="y"):
         if self.classification:
@@ -38,7 +50,14 @@ class Loss:
         if y.shape != (n, width):
             raise ValueError(f"{name} has shape {y.shape}, but the {self.name} loss needs targets shaped like "
                              f"the output, ({n}, {width})")
-        return np.ascontiguousarray(y, dtype=dtype)
+        y = np.ascontiguousarray(y, dtype=dtype)
+        if self.name == "bce_with_logits":
+            bad = _losses.first_outside_unit(y.reshape(-1))
+            if bad >= 0:
+                where = np.unravel_index(bad, y.shape)
+                raise ValueError(f"{name}[{', '.join(map(str, where))}] = {y.reshape(-1)[bad]} is not a "
+                                 "target in [0, 1]")
+        return y
 
     def compute(self, out, target, grad_out):
         return self._fn(out, target, out=grad_out)[0]
@@ -51,10 +70,18 @@ class Loss:
         return {"binary_accuracy": metrics.binary_accuracy(target, out)}
 
 
+_NO_WEIGHTS = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
+
+
+def _bce(z, t, grad, work, n_threads):
+    return _losses.bce_logits_rows(z, t, _NO_WEIGHTS[z.dtype], grad, work, n_threads)
+
+
 LOSSES = {
-    "cross_entropy": Loss("cross_entropy", functional.softmax_cross_entropy, True),
-    "mse": Loss("mse", functional.mse_loss, False),
-    "bce_with_logits": Loss("bce_with_logits", functional.bce_with_logits, False),
+    "cross_entropy": Loss("cross_entropy", functional.softmax_cross_entropy, _losses.softmax_xent, GRAIN_COMPUTE,
+                          True),
+    "mse": Loss("mse", functional.mse_loss, _losses.mse_rows, GRAIN_MEMORY, False),
+    "bce_with_logits": Loss("bce_with_logits", functional.bce_with_logits, _bce, GRAIN_COMPUTE, False),
 }
 
 

@@ -36,9 +36,10 @@ import time
 
 import numpy as np
 
-from fastwb import _engine, _io, functional, init, normalization, optim, prune
+from fastwb import _dense, _engine, _io, _norm, functional, init, optim, prune
 from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, plan_threads
 from fastwb._validate import ACTIVATIONS, FLOAT_DTYPES, check_int
+from fastwb.mlp import _MODELS
 from fastwb.nn import losses as _losses
 from fastwb.nn.layers import BatchNorm1d, Dropout, Layer, Linear, _Activation, layer_from_config
 
@@ -48,6 +49,7 @@ CHECKPOINT_FORMAT = "fastwb-nn-2"
 OPTIMIZERS = {"sgd": optim.SGD, "momentum": optim.Momentum, "adam": optim.Adam, "adamw": optim.AdamW,
               "rmsprop": optim.RMSprop}
 _SPEC_BYTES = 1 << 20           # bound on a checkpoint's JSON specification
+_EXP = (ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"])
 
 
 class _Stage:
@@ -60,6 +62,11 @@ class _Stage:
         self.kind, self.index, self.layer = kind, index, layer
         self.act, self.alpha, self.p = "identity", 0.01, 0.0
         self.layers = [index]
+
+    @property
+    def code(self):
+        """The activation's kernel code (fastwb._validate.ACTIVATIONS)."""
+        return ACTIVATIONS[self.act]
 
 
 def _stages(layers):
@@ -91,23 +98,35 @@ def _stages(layers):
 
 
 class _Workspace:
-    """Every array one step of one batch size needs, allocated once."""
+    """Every array one step of one batch size needs, and the thread count of
+    every kernel call, all made once: the plan then calls the kernels on the
+    engine's own arrays without checking them again."""
 
     def __init__(self, model, n):
         dt = model.dtype
         self.n = n
         self.x = np.empty((n, model.in_features), dt)          # gathered batch (fit)
-        self.out, self.pre, self.grad_in, self.work = [], [], [], []
+        self.out, self.pre, self.grad_in, self.work, self.gb = [], [], [], [], []
         self.mean, self.invstd = [], []
+        self.nt_act, self.nt_col, self.nt_drop, self.nt_bn = [], [], [], []
         for st, (w_in, w_out) in zip(model._plan, model._widths):
             self.out.append(np.empty((n, w_out), dt))
             # dense + dropout and act + dropout keep the activation output before the dropout
             self.pre.append(np.empty((n, w_out), dt) if st.p and st.kind in ("dense", "act") else None)
             self.grad_in.append(np.empty((n, w_in), dt))
             self.work.append(np.empty((n, w_out), dt))
+            self.gb.append(np.empty(w_out, dt) if st.kind == "dense" and not st.layer.bias else None)
             self.mean.append(np.empty(w_out, dt) if st.kind == "bn" else None)
             self.invstd.append(np.empty(w_out, dt) if st.kind == "bn" else None)
+            grain = GRAIN_COMPUTE if st.code in _EXP else GRAIN_MEMORY
+            self.nt_act.append(plan_threads(n * w_out, grain))
+            self.nt_col.append(min(plan_threads(n * w_out, grain), max(1, w_out // 16)))
+            self.nt_drop.append(plan_threads(n * w_out, GRAIN_MEMORY))
+            self.nt_bn.append(min(plan_threads(n * w_out, GRAIN_COMPUTE if st.code in _EXP or st.p else GRAIN_MEMORY),
+                                  max(1, w_out // 16)))
         self.grad_out = np.empty((n, model.out_features), dt)
+        self.row_loss = np.empty(n, np.float64)
+        self.nt_loss = model.loss.threads(n * model.out_features)
         self.y = None
         self.plan = _step_plan(model, self) if model._dense_chain() else None
 
@@ -122,7 +141,6 @@ def _step_plan(model, ws):
     widths = [w_out for _, w_out in model._widths]
     nt_act = [plan_threads(n * w, g) for w, g in zip(widths, grains)]
     nt_col = [min(plan_threads(n * w, g), max(1, w // 16)) for w, g in zip(widths, grains)]
-    ws.row_loss = np.empty(n, np.float64)
     idx = [st.index for st in model._plan]
     return _engine.StepPlan([model._params[i]["weight"] for i in idx], [model._params[i]["bias"] for i in idx],
                             [model._grads[i]["weight"] for i in idx], [model._grads[i]["bias"] for i in idx],
@@ -176,6 +194,10 @@ class Sequential:
         self.epochs_done = 0
         self.stop_training = False
         self.masks = None
+        self._fresh_workspaces()
+        _MODELS.add(self)           # a forked child gets fresh workspaces (serial thread counts)
+
+    def _fresh_workspaces(self):
         self._workspaces = {}
 
     # -- structure -------------------------------------------------------------------
@@ -313,88 +335,101 @@ class Sequential:
         return (self.seed * 1000003 + stage.index) % (2**31 - 1)
 
     def _forward(self, X, ws, training):
+        """Run the plan's forward calls on X (C-contiguous, checked); returns the output."""
         x = X
+        n = X.shape[0]
         for k, st in enumerate(self._plan):
             out = ws.out[k]
             p = st.p if training else 0.0
             if st.kind == "dense":
-                W, b = self._params[st.index]["weight"], self._params[st.index].get("bias")
+                prm = self._params[st.index]
                 dst = ws.pre[k] if p else out
-                functional.linear(x, W, b, st.act, st.alpha, out=dst)
+                np.matmul(x, prm["weight"], out=dst)
+                b = prm.get("bias")
+                if b is not None or st.code:
+                    _dense.bias_act_rows(dst, b, dst, st.code, st.alpha, ws.nt_act[k])
                 if p:
-                    normalization.dropout(dst, p, self._seed(st), self.step_count, out=out)
+                    _norm.dropout(dst.reshape(-1), out.reshape(-1), p, self._seed(st), self.step_count, ws.nt_drop[k])
             elif st.kind == "bn":
                 layer = st.layer
                 prm, buf = self._params[st.index], self._buffers[st.index]
-                batch_stats = training or not layer.track_running_stats
-                nbt = None
-                if training and layer.track_running_stats:
-                    k_nbt = self._nbt_index[st.index]
-                    nbt = self.num_batches_tracked[k_nbt:k_nbt + 1]
-                functional_kw = dict(training=batch_stats, momentum=layer.momentum, eps=layer.eps,
-                                     num_batches_tracked=nbt, activation=st.act, alpha=st.alpha,
-                                     dropout=p, seed=self._seed(st), step=self.step_count, out=out,
-                                     stats=(ws.mean[k], ws.invstd[k]))
-                running = (buf.get("running_mean"), buf.get("running_var"))
-                if batch_stats and not training:
-                    running = (None, None)          # no running statistics to update outside training
-                normalization.batch_norm(x, prm.get("weight"), prm.get("bias"), *running, **functional_kw)
+                track = layer.track_running_stats
+                batch_stats = training or not track
+                if batch_stats and n < 2:
+                    raise ValueError(f"BatchNorm1d (layer {st.index}) on batch statistics needs at least 2 rows, "
+                                     f"got {n} (as PyTorch: use eval mode for single samples)")
+                factor = 0.0
+                if training and track:
+                    nbt = self.num_batches_tracked[self._nbt_index[st.index]:self._nbt_index[st.index] + 1]
+                    nbt += 1
+                    factor = layer.momentum if layer.momentum is not None else 1.0 / float(nbt[0])
+                running = (buf["running_mean"], buf["running_var"]) if track and (training or not batch_stats) \
+                    else (None, None)
+                _norm.batch_norm(x, out, ws.mean[k], ws.invstd[k], prm.get("weight"), prm.get("bias"), *running,
+                                 factor, layer.eps, batch_stats, st.code, st.alpha, p, self._seed(st),
+                                 self.step_count, ws.nt_bn[k])
             elif st.kind == "act":
                 dst = ws.pre[k] if p else out
-                _activate(x, st.act, st.alpha, dst)
+                _dense.act_flat(x.reshape(-1), dst.reshape(-1), st.code, st.alpha, ws.nt_act[k])
                 if p:
-                    normalization.dropout(dst, p, self._seed(st), self.step_count, out=out)
+                    _norm.dropout(dst.reshape(-1), out.reshape(-1), p, self._seed(st), self.step_count, ws.nt_drop[k])
+            elif p:
+                _norm.dropout(x.reshape(-1), out.reshape(-1), p, self._seed(st), self.step_count, ws.nt_drop[k])
             else:
-                if p:
-                    normalization.dropout(x, p, self._seed(st), self.step_count, out=out)
-                else:
-                    np.copyto(out, x)
+                np.copyto(out, x)
             x = out
         return x
 
-    def _backward(self, X, ws, training, weights=True):
-        """Gradients from ws.grad_out back to the input; parameter gradients into
-        ``grads`` unless ``weights`` is False.  Returns the input gradient."""
+    def _backward(self, X, ws, training, weights=True, input_gradient=False):
+        """Gradients from ws.grad_out back through the plan: parameter gradients
+        into ``grads`` unless ``weights`` is False; the input gradient (returned)
+        only when ``input_gradient`` (the first GEMM is skipped otherwise)."""
         g = ws.grad_out
         for k in range(len(self._plan) - 1, -1, -1):
             st = self._plan[k]
             x = X if k == 0 else ws.out[k - 1]
             p = st.p if training else 0.0
             gx = ws.grad_in[k]
+            need_gx = k > 0 or input_gradient
             if st.kind == "dense":
                 if p:
-                    g = normalization.dropout_backward(g, p, self._seed(st), self.step_count, out=ws.work[k])
+                    _norm.dropout(g.reshape(-1), ws.work[k].reshape(-1), p, self._seed(st), self.step_count,
+                                  ws.nt_drop[k])
+                    g = ws.work[k]
                 a = ws.pre[k] if p else ws.out[k]
                 W = self._params[st.index]["weight"]
-                gW, gb = self._grads[st.index]["weight"], self._grads[st.index].get("bias")
                 if weights:
-                    if gb is None:
-                        gb = np.empty(W.shape[1], self.dtype)
-                    functional.linear_backward(g, a if st.act != "identity" else None, x, W, st.act, st.alpha,
-                                               out=(gx, gW, gb), work=None if st.act == "identity" else g)
-                else:
-                    dz = g if st.act == "identity" else functional_backward(st.act, st.alpha, g, a, g)
-                    np.matmul(dz, W.T, out=gx)
+                    gb = self._grads[st.index].get("bias")
+                    gb = ws.gb[k] if gb is None else gb
+                    if st.code:
+                        _dense.act_grad_colsum(g, a, g, gb, st.code, st.alpha, ws.nt_col[k])
+                    else:
+                        _dense.colsum(g, gb, ws.nt_col[k])
+                    np.matmul(x.T, g, out=self._grads[st.index]["weight"])
+                elif st.code:
+                    _dense.act_grad_flat(g.reshape(-1), a.reshape(-1), g.reshape(-1), st.code, st.alpha,
+                                         ws.nt_act[k])
+                if need_gx:
+                    np.matmul(g, W.T, out=gx)
             elif st.kind == "bn":
                 layer = st.layer
                 prm, grd = self._params[st.index], self._grads[st.index]
                 batch_stats = training or not layer.track_running_stats
-                outs = (gx, grd.get("weight") if weights else None, grd.get("bias") if weights else None)
-                if outs[1] is None and layer.affine:
-                    outs = (gx, np.empty(layer.num_features, self.dtype), np.empty(layer.num_features, self.dtype))
-                normalization.batch_norm_backward(g, x, ws.mean[k], ws.invstd[k], prm.get("weight"), prm.get("bias"),
-                                                  training=batch_stats, activation=st.act, alpha=st.alpha, dropout=p,
-                                                  seed=self._seed(st), step=self.step_count, out=outs,
-                                                  work=ws.work[k])
+                gg, gbeta = (grd.get("weight"), grd.get("bias")) if weights else (None, None)
+                _norm.batch_norm_backward(g, x, ws.work[k], gx, ws.mean[k], ws.invstd[k], prm.get("weight"),
+                                          prm.get("bias"), gg, gbeta, batch_stats, st.code, st.alpha, p,
+                                          self._seed(st), self.step_count, ws.nt_bn[k])
             elif st.kind == "act":
                 if p:
-                    g = normalization.dropout_backward(g, p, self._seed(st), self.step_count, out=ws.work[k])
-                functional_backward(st.act, st.alpha, g, ws.pre[k] if p else ws.out[k], gx)
+                    _norm.dropout(g.reshape(-1), ws.work[k].reshape(-1), p, self._seed(st), self.step_count,
+                                  ws.nt_drop[k])
+                    g = ws.work[k]
+                a = ws.pre[k] if p else ws.out[k]
+                _dense.act_grad_flat(g.reshape(-1), a.reshape(-1), gx.reshape(-1), st.code, st.alpha, ws.nt_act[k])
+            elif p:
+                _norm.dropout(g.reshape(-1), gx.reshape(-1), p, self._seed(st), self.step_count, ws.nt_drop[k])
             else:
-                if p:
-                    normalization.dropout_backward(g, p, self._seed(st), self.step_count, out=gx)
-                else:
-                    np.copyto(gx, g)
+                np.copyto(gx, g)
             g = gx
         return g
 
@@ -411,7 +446,7 @@ class Sequential:
 
     def _loss_and_grad(self, X, y, ws, training):
         out = self._forward(X, ws, training)
-        return self.loss.compute(out, y, ws.grad_out)
+        return self.loss.kernel(out, y, ws.grad_out, ws.row_loss, ws.nt_loss)
 
     def _gradients(self, X, y, ws):
         """Loss and parameter gradients of one training batch (one compiled call
@@ -446,7 +481,7 @@ class Sequential:
         ws = self._workspace(X.shape[0])
         saved = (self.buffers.copy(), self.num_batches_tracked.copy())
         self._loss_and_grad(X, y, ws, training)
-        g = self._backward(X, ws, training, weights=False).copy()
+        g = self._backward(X, ws, training, weights=False, input_gradient=True).copy()
         self.buffers[...], self.num_batches_tracked[...] = saved
         return g
 
@@ -748,22 +783,6 @@ def load(path):
 def _nonempty(X):
     if X.shape[0] == 0:
         raise ValueError("the batch is empty")
-
-
-def _activate(x, act, alpha, out):
-    if act == "leaky_relu":
-        return functional.leaky_relu(x, alpha, out=out)
-    return getattr(functional, act)(x, out=out) if act != "identity" else np.copyto(out, x)
-
-
-def functional_backward(act, alpha, g, y, out):
-    """Gradient through an activation from its output (identity: a copy)."""
-    if act == "identity":
-        np.copyto(out, g)
-        return out
-    if act == "leaky_relu":
-        return functional.leaky_relu_backward(g, y, alpha, out=out)
-    return getattr(functional, act + "_backward")(g, y, out=out)
 
 
 assert set(ACTIVATIONS) == {"identity", "relu", "leaky_relu", "sigmoid", "tanh"}
