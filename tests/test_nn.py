@@ -284,3 +284,83 @@ def test_twenty_steps_match_the_numpy_twin(loss):
     for k, v in m.state_dict().items():
         np.testing.assert_allclose(v, twin.state[k], rtol=1e-10, atol=1e-13, err_msg=k)
     np.testing.assert_allclose(m.logits(X), twin.logits(X), rtol=1e-10, atol=1e-13)
+
+
+def test_no_array_is_allocated_after_the_first_step():
+    import tracemalloc
+
+    m = _bn_model(dtype="float32")
+    m.compile("adam", lr=1e-3)
+    X, y = _data(64, dtype=np.float32)
+    yi = np.ascontiguousarray(y, np.intp)
+    for _ in range(3):
+        m.train_step(X, yi)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for _ in range(20):
+            m.train_step(X, yi)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename") if s.size_diff > 0)
+    assert grown < 4096, grown          # a few Python floats, never an array
+
+
+def test_steps_are_bitwise_identical_for_any_thread_count():
+    X, y = _data(512, d=12, seed=11)
+    results = []
+    for n in (1, 2, 4):
+        with fastwb.threads(n):
+            m = nn.Sequential(nn.Linear(12, 1024), nn.BatchNorm1d(1024), nn.Tanh(), nn.Dropout(0.3),
+                              nn.Linear(1024, 3), dtype="float32", rng=12)
+            m.compile("adam", lr=1e-3)
+            for _ in range(3):
+                m.train_step(X.astype(np.float32), y)
+            results.append(m.state_dict())
+    for other in results[1:]:
+        for k, v in results[0].items():
+            np.testing.assert_array_equal(other[k], v, err_msg=k)
+
+
+def test_sequential_in_a_forked_child():
+    import multiprocessing as mp
+
+    m = nn.Sequential(nn.Linear(12, 2048), nn.BatchNorm1d(2048), nn.ReLU(), nn.Dropout(0.1), nn.Linear(2048, 3),
+                      dtype="float32", rng=13)
+    X, y = _data(512, d=12, seed=14)
+    X = X.astype(np.float32)
+    m.compile("sgd", lr=0.1)
+    m.train_step(X, y)                              # the parent ran multi-threaded kernels
+    want = m.copy()
+    want.train_step(X, y)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+
+    def child():
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m.train_step(X, y)
+        q.put(m.params.copy())
+    proc = ctx.Process(target=child)
+    proc.start()
+    got = q.get(timeout=60)
+    proc.join(60)
+    assert proc.exitcode == 0
+    np.testing.assert_array_equal(got, want.params)
+
+
+def test_copy_is_independent_and_trains_like_the_original():
+    import copy
+
+    m = _bn_model()
+    m.compile("adam", lr=1e-2)
+    X, y = _data()
+    m.train_step(X, y)
+    for c in (m.copy(), copy.deepcopy(m)):
+        assert np.shares_memory(c._params[0]["weight"], c.params) and not np.shares_memory(c.params, m.params)
+        c.train_step(X, y)
+    m.train_step(X, y)
+    np.testing.assert_array_equal(c.params, m.params)
+    np.testing.assert_array_equal(c.buffers, m.buffers)

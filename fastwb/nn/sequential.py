@@ -713,8 +713,23 @@ class Sequential:
             np.savez(fh, **fields)
 
     def copy(self):
-        """An independent deep copy (for inference from another thread)."""
-        return _copy.deepcopy(self)
+        """An independent copy, parameters, buffers, optimizer state, seed and
+        step count included, whose arrays are views of its own buffers (for
+        inference from another thread, or an ensemble member)."""
+        other = Sequential(*[_copy.deepcopy(layer) for layer in self.layers], dtype=self.dtype,
+                           in_features=self.in_features, rng=0)
+        other.params[...], other.buffers[...] = self.params, self.buffers
+        other.num_batches_tracked[...] = self.num_batches_tracked
+        other.loss, other.seed, other.step_count, other.epochs_done = self.loss, self.seed, self.step_count, self.epochs_done
+        if self.masks is not None:
+            other.masks = [m.copy() for m in self.masks]
+        if self.optimizer is not None:
+            other.optimizer = type(self.optimizer)([other.params])
+            other.optimizer.load_state_dict(self.optimizer.state_dict())
+        return other
+
+    def __deepcopy__(self, memo):
+        return self.copy()
 
     def __repr__(self):
         inner = ",\n  ".join(f"({i}): {layer!r}" for i, layer in enumerate(self.layers))
