@@ -364,3 +364,12 @@ def test_copy_is_independent_and_trains_like_the_original():
     m.train_step(X, y)
     np.testing.assert_array_equal(c.params, m.params)
     np.testing.assert_array_equal(c.buffers, m.buffers)
+
+
+def test_fit_refuses_a_last_batch_of_one_row_before_training():
+    m = _bn_model()
+    X, y = _data(33)
+    before = m.params.copy()
+    with pytest.raises(ValueError, match="last batch of one row"):
+        m.fit(X, y, epochs=1, batch_size=16, verbose=False)
+    np.testing.assert_array_equal(m.params, before)

@@ -512,6 +512,9 @@ class Sequential:
                                self.loss.targets(yv, len(Xv), self.out_features, self.dtype, "validation y"))
         seed = int(init.as_generator(rng).integers(0, 2**63 - 1)) if not isinstance(rng, (int, np.integer)) else int(rng)
         steps_per_epoch = -(-n // batch_size)
+        if n % batch_size == 1 and any(st.kind == "bn" for st in self._plan):
+            raise ValueError(f"{n} rows in batches of {batch_size} leave a last batch of one row, which "
+                             "BatchNorm1d cannot normalise on batch statistics; choose another batch_size")
         schedule = _schedule(prune_schedule, epochs * steps_per_epoch)
         callbacks = list(callbacks)
         self.stop_training = False
