@@ -367,6 +367,106 @@ def _train_case(sizes, batch, dtype, threads):
     return out
 
 
+def _bn_case(n, m, dtype, threads):
+    """BatchNorm1d forward + backward (training) on an (n, m) batch."""
+    import fastwb.normalization as fast
+    import fastwb.reference.normalization as twin
+
+    rng = np.random.default_rng(0)
+    x, g = (rng.standard_normal((n, m)).astype(dtype) for _ in range(2))
+    gamma, beta = np.ones(m, dtype), np.zeros(m, dtype)
+
+    def make(impl):
+        y, gx = np.empty_like(x), np.empty_like(x)
+        mean, invstd, gg, gb = (np.empty(m, dtype) for _ in range(4))
+
+        def step():
+            impl.batch_norm(x, gamma, beta, out=y, stats=(mean, invstd))
+            impl.batch_norm_backward(g, x, mean, invstd, gamma, beta, out=(gx, gg, gb))
+        return step
+    out = {"fastwb": make(fast), "numpy": make(twin)}
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+        tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+        bn = torch.nn.BatchNorm1d(m, dtype=tdtype)
+        tx, tg = torch.tensor(x, requires_grad=True), torch.tensor(g)
+
+        def tstep():
+            tx.grad = None
+            bn.zero_grad(set_to_none=True)
+            bn(tx).backward(tg)
+        out["torch"] = tstep
+    return out
+
+
+def _dropout_case(n, p, dtype, threads):
+    import fastwb.normalization as fast
+    import fastwb.reference.normalization as twin
+
+    x = np.random.default_rng(0).standard_normal(n).astype(dtype)
+    y1, y2 = np.empty_like(x), np.empty_like(x)
+    out = {"fastwb": lambda: fast.dropout(x, p, 0, 1, out=y1), "numpy": lambda: twin.dropout(x, p, 0, 1, out=y2)}
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+        tx = torch.tensor(x)
+        out["torch"] = lambda: torch.nn.functional.dropout(tx, p, training=True)
+    return out
+
+
+BN_MODEL = [784, 256, 10]
+
+
+def bn_model(dtype=np.float32):
+    """The issue's 784-256(BatchNorm1d, ReLU, Dropout 0.2)-10 model in fastwb.nn."""
+    from fastwb import nn
+
+    return nn.Sequential(nn.Linear(784, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 10),
+                         dtype=dtype, rng=0).compile("adam", lr=1e-3)
+
+
+def torch_bn_model_step(batch, dtype=np.float32, X=None, y=None):
+    """The same model and step in PyTorch (fused Adam); None without PyTorch."""
+    torch = _torch()
+    if torch is None:
+        return None
+    torch.manual_seed(0)
+    tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+    t = torch.nn
+    net = t.Sequential(t.Linear(784, 256, dtype=tdtype), t.BatchNorm1d(256, dtype=tdtype), t.ReLU(), t.Dropout(0.2),
+                       t.Linear(256, 10, dtype=tdtype))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((batch, 784)).astype(dtype) if X is None else X
+    y = rng.integers(0, 10, batch) if y is None else y
+    x, labels = torch.from_numpy(X), torch.from_numpy(np.asarray(y, np.int64))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), labels).backward()
+        opt.step()
+    return step
+
+
+def _bn_train_case(batch, dtype, threads):
+    from fastwb.reference import nn as rnn
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((batch, 784)).astype(dtype)
+    y = rng.integers(0, 10, batch)
+    model = bn_model(dtype)
+    twin = rnn.Sequential(model.layers, model.state_dict(), model.seed).compile("adam", lr=1e-3)
+    out = {"fastwb": lambda: model.train_step(X, y), "numpy": lambda: twin.train_step(X, y),
+           "gemms": step_gemms(BN_MODEL, batch, dtype)}
+    step = torch_bn_model_step(batch, dtype, X, y)
+    if step is not None:
+        torch = _torch()
+        torch.set_num_threads(threads)
+        out["torch"] = step
+    return out
+
+
 def step_gemms(sizes, batch, dtype=np.float32):
     """The GEMMs one training step of the MLP makes, alone: the yardstick of its cost."""
     rng = np.random.default_rng(1)
@@ -427,6 +527,14 @@ def cases(quick, dtypes):
                     (3 * size + 2) * big))
         out.append((f"exact-k prune 90% {big >> 20}M", dt, lambda t, d=dt: _prune_case(big, d, t, True), "GB/s",
                     (size + 2) * big))
+        for n, m in ((128, 256), (4096, 1024)):
+            # stats: read x; apply: read x, write y; backward: read g and x, write work, read it and x, write gx
+            out.append((f"BatchNorm1d fwd+bwd {n}x{m}", dt, lambda t, n=n, m=m, d=dt: _bn_case(n, m, d, t), "GB/s",
+                        11 * n * m * size))
+        out.append((f"dropout p0.2 {big >> 20}M", dt, lambda t, d=dt: _dropout_case(big, 0.2, d, t), "GB/s",
+                    3 * size * big))
+        out.append(("train step 784-256bn-10 b128", dt, lambda t, d=dt: _bn_train_case(128, d, t), "GFLOP/s",
+                    _train_flops(BN_MODEL, 128)))
         models = [([784, 256, 10], 128), ([16, 32, 32, 4], 32)]
         if not quick and np.dtype(dt) == np.float32:
             models.append(([4096, 4096, 4096, 10], 512))
@@ -601,6 +709,7 @@ if which == "torch":
     import torch                       # first: PyTorch loads the OpenMP runtime with its own defaults
     torch.set_num_threads(int(sys.argv[3]))
 import fastwb
+from fastwb import benchmark
 from fastwb.benchmark import torch_train_step
 fastwb.set_num_threads(int(sys.argv[3]))
 n = 1 << (20 if quick else 24)
@@ -621,6 +730,14 @@ for sizes, b in (([784, 256, 10], 128), ([16, 32, 32, 4], 32)):
         X = np.random.default_rng(0).standard_normal((b, sizes[0])).astype(np.float32)
         y = np.zeros(b, np.intp)
         out[key] = med(lambda: m.train_step(X, y), 100 if quick else 300)
+key = "train step 784-256bn-10 b128"
+if which == "torch":
+    out[key] = med(benchmark.torch_bn_model_step(128), 100 if quick else 300)
+else:
+    X = np.random.default_rng(0).standard_normal((128, 784)).astype(np.float32)
+    y = np.zeros(128, np.intp)
+    m = benchmark.bn_model()
+    out[key] = med(lambda: m.train_step(X, y), 100 if quick else 300)
 key = f"Adam step {n >> 20}M"
 if which == "torch":
     p = torch.zeros(n, requires_grad=True); p.grad = torch.full((n,), 0.01)
@@ -1124,6 +1241,23 @@ def targets(report):
              lambda x: x >= 1.5)
     vs_torch("train step 16-32-32-4 b32", "tiny MLP step: >= 10x faster than PyTorch", lambda x: x >= 10)
     vs_torch(f"Adam step {big}", f"Adam {big} f32: faster than PyTorch's fused Adam", lambda x: x > 1)
+    vs_torch("train step 784-256bn-10 b128", "train step 784-256(BatchNorm1d, ReLU, Dropout)-10 f32: >= 1.5x faster "
+             "than PyTorch", lambda x: x >= 1.5)
+    bnstep = _find(report, "train step 784-256bn-10 b128")
+    if bnstep and "gemms" in bnstep["speedup"]:
+        r = 1 / bnstep["speedup"]["gemms"]
+        add("train step 784-256bn-10 f32: within 1.35x of its own GEMMs", _fmt_ratio(r), r <= 1.35)
+    for n, m in ((128, 256), (4096, 1024)):
+        bn = _find(report, f"BatchNorm1d fwd+bwd {n}x{m}")
+        if bn and "numpy" in bn["speedup"]:
+            add(f"BatchNorm1d fwd+bwd {n}x{m} f32: >= 3x the NumPy twin", _fmt_ratio(bn["speedup"]["numpy"]),
+                bn["speedup"]["numpy"] >= 3)
+        vs_torch(f"BatchNorm1d fwd+bwd {n}x{m}", f"BatchNorm1d fwd+bwd {n}x{m} f32: >= 2x PyTorch", lambda x: x >= 2)
+    drop = _find(report, f"dropout p0.2 {big}")
+    if drop:
+        share = drop["rate"] / report["machine"]["best_copy_GBps"]
+        add(f"dropout {big} f32: >= 70% of the machine's copy bandwidth (3 B/B moved, best copy)",
+            f"{100 * share:.0f}%", share >= 0.7)
     step = _find(report, "train step 784-256-10 b128")
     if step:
         s = step["speedup"]

@@ -311,3 +311,15 @@ def test_early_late_times_alternate():
     assert len(early) == len(late) == 4
     assert calls[:7] == ["make", "make", 1, 1, 1, 1, 1]
     assert calls[7:] == [0, 1, 1, 0, 0, 1, 1, 0]        # the order flips every pair
+
+
+def test_batchnorm_dropout_and_bn_model_cases_run():
+    """Every contender of the issue-9 comparisons runs once (small sizes)."""
+    for contenders in (B._bn_case(8, 16, np.float32, 1), B._dropout_case(1000, 0.2, np.float32, 1),
+                       B._bn_train_case(16, np.float32, 1)):
+        assert {"fastwb", "numpy"} <= set(contenders)
+        for fn in contenders.values():
+            fn()
+    names = [c[0] for c in B.cases(True, ("float32",))]
+    assert {"BatchNorm1d fwd+bwd 128x256", "BatchNorm1d fwd+bwd 4096x1024", "dropout p0.2 1M",
+            "train step 784-256bn-10 b128"} <= set(names)
