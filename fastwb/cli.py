@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+from fastwb import optim
 from fastwb._io import atomic_open, check_writable_path
 from fastwb._version import __version__
 
@@ -35,7 +36,7 @@ DEFAULTS = {  # per data set: hidden sizes, epochs, batch size
 # defaults (784-256-10, 5 epochs, batch 128); 0.1 reaches 96.2%.  (momentum keeps
 # its 0.01 with momentum 0.9.)
 DEFAULT_LR = {"sgd": 0.1}
-OPTIMIZERS = ["adam", "adamw", "sgd", "momentum", "rmsprop"]
+OPTIMIZERS = list(optim.BY_NAME)
 
 MAX_THREADS = 1024  # more than any machine's cores; also keeps the count a C int
 
@@ -45,11 +46,7 @@ def default_lr(optimizer):
     :data:`DEFAULT_LR`, else the optimizer class's own default."""
     if optimizer in DEFAULT_LR:
         return DEFAULT_LR[optimizer]
-    from fastwb import optim
-
-    classes = {"sgd": optim.SGD, "momentum": optim.Momentum, "adam": optim.Adam, "adamw": optim.AdamW,
-               "rmsprop": optim.RMSprop}
-    return inspect.signature(classes[optimizer]).parameters["lr"].default
+    return inspect.signature(optim.by_name(optimizer)).parameters["lr"].default
 
 
 # -- argparse types: each turns one command-line word into a checked value, or

@@ -329,11 +329,7 @@ class MLP:
                 raise ValueError("the optimizer must be built over [model.params], the model's one buffer")
             self.optimizer = optimizer
         else:
-            classes = {"sgd": optim.SGD, "momentum": optim.Momentum, "adam": optim.Adam, "adamw": optim.AdamW,
-                       "rmsprop": optim.RMSprop}
-            if optimizer not in classes:
-                raise ValueError(f"unknown optimizer {optimizer!r}; valid names are {', '.join(classes)}")
-            self.optimizer = classes[optimizer]([self.params], **hyper)
+            self.optimizer = optim.by_name(optimizer)([self.params], **hyper)
         if self.masks is not None:
             self.optimizer.set_masks([self._flat_mask()])
         return self

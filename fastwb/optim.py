@@ -27,7 +27,7 @@ from fastwb import _optim
 from fastwb._runtime import GRAIN_MEMORY, GRAIN_UPDATE, plan_threads
 from fastwb._validate import FLOAT_DTYPES, check_int, check_real, disjoint_outputs, same_view, unaliased
 
-__all__ = ["Optimizer", "SGD", "Momentum", "Adam", "AdamW", "RMSprop"]
+__all__ = ["Optimizer", "SGD", "Momentum", "Adam", "AdamW", "RMSprop", "BY_NAME", "by_name"]
 
 
 def _check_params(params):
@@ -455,3 +455,15 @@ class RMSprop(Optimizer):
         h = self.hyper
         _optim.rmsprop(p, g, state["square_avg"], state.get("grad_avg"), state.get("momentum_buffer"), mask,
                        h["lr"], h["alpha"], h["eps"], h["weight_decay"], h["l1"], h["momentum"], n_threads)
+
+
+#: the optimizer classes under the names models and the command line use
+BY_NAME = {"sgd": SGD, "momentum": Momentum, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+
+
+def by_name(name):
+    """The optimizer class called ``name`` (a key of :data:`BY_NAME`); ValueError listing the valid names."""
+    try:
+        return BY_NAME[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown optimizer {name!r}; valid names are {', '.join(BY_NAME)}") from None

@@ -31,7 +31,6 @@ at once; use one model per thread (or :meth:`copy`).
 import copy as _copy
 import json
 import math
-import os
 import time
 
 import numpy as np
@@ -46,8 +45,6 @@ from fastwb.nn.layers import BatchNorm1d, Dropout, Layer, Linear, _Activation, l
 __all__ = ["Sequential", "load", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "fastwb-nn-2"
-OPTIMIZERS = {"sgd": optim.SGD, "momentum": optim.Momentum, "adam": optim.Adam, "adamw": optim.AdamW,
-              "rmsprop": optim.RMSprop}
 _SPEC_BYTES = 1 << 20           # bound on a checkpoint's JSON specification
 _EXP = (ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"])
 
@@ -294,9 +291,7 @@ class Sequential:
                 raise ValueError("the optimizer must be built over [model.params], the model's one buffer")
             self.optimizer = optimizer
         else:
-            if optimizer not in OPTIMIZERS:
-                raise ValueError(f"unknown optimizer {optimizer!r}; valid names are {', '.join(OPTIMIZERS)}")
-            self.optimizer = OPTIMIZERS[optimizer]([self.params], **hyper)
+            self.optimizer = optim.by_name(optimizer)([self.params], **hyper)
         if self.masks is not None:
             self.optimizer.set_masks([self._flat_mask()])
         return self
@@ -331,6 +326,13 @@ class Sequential:
         return (self.loss.name == "cross_entropy" and self._plan[-1].act == "identity" and len(alphas) <= 1
                 and all(st.kind == "dense" and not st.p and st.layer.bias for st in self._plan))
 
+    def _drop(self, k, src, dst, ws):
+        """Stage k's dropout (training step's mask) from src into dst; the same
+        call is its backward pass, the mask recomputed."""
+        st = self._plan[k]
+        _norm.dropout(src.reshape(-1), dst.reshape(-1), st.p, self._seed(st), self.step_count, ws.nt_drop[k])
+        return dst
+
     def _seed(self, stage):
         return (self.seed * 1000003 + stage.index) % (2**31 - 1)
 
@@ -349,7 +351,7 @@ class Sequential:
                 if b is not None or st.code:
                     _dense.bias_act_rows(dst, b, dst, st.code, st.alpha, ws.nt_act[k])
                 if p:
-                    _norm.dropout(dst.reshape(-1), out.reshape(-1), p, self._seed(st), self.step_count, ws.nt_drop[k])
+                    self._drop(k, dst, out, ws)
             elif st.kind == "bn":
                 layer = st.layer
                 prm, buf = self._params[st.index], self._buffers[st.index]
@@ -372,9 +374,9 @@ class Sequential:
                 dst = ws.pre[k] if p else out
                 _dense.act_flat(x.reshape(-1), dst.reshape(-1), st.code, st.alpha, ws.nt_act[k])
                 if p:
-                    _norm.dropout(dst.reshape(-1), out.reshape(-1), p, self._seed(st), self.step_count, ws.nt_drop[k])
+                    self._drop(k, dst, out, ws)
             elif p:
-                _norm.dropout(x.reshape(-1), out.reshape(-1), p, self._seed(st), self.step_count, ws.nt_drop[k])
+                self._drop(k, x, out, ws)
             else:
                 np.copyto(out, x)
             x = out
@@ -393,9 +395,7 @@ class Sequential:
             need_gx = k > 0 or input_gradient
             if st.kind == "dense":
                 if p:
-                    _norm.dropout(g.reshape(-1), ws.work[k].reshape(-1), p, self._seed(st), self.step_count,
-                                  ws.nt_drop[k])
-                    g = ws.work[k]
+                    g = self._drop(k, g, ws.work[k], ws)
                 a = ws.pre[k] if p else ws.out[k]
                 W = self._params[st.index]["weight"]
                 if weights:
@@ -421,13 +421,11 @@ class Sequential:
                                           self._seed(st), self.step_count, ws.nt_bn[k])
             elif st.kind == "act":
                 if p:
-                    _norm.dropout(g.reshape(-1), ws.work[k].reshape(-1), p, self._seed(st), self.step_count,
-                                  ws.nt_drop[k])
-                    g = ws.work[k]
+                    g = self._drop(k, g, ws.work[k], ws)
                 a = ws.pre[k] if p else ws.out[k]
                 _dense.act_grad_flat(g.reshape(-1), a.reshape(-1), gx.reshape(-1), st.code, st.alpha, ws.nt_act[k])
             elif p:
-                _norm.dropout(g.reshape(-1), gx.reshape(-1), p, self._seed(st), self.step_count, ws.nt_drop[k])
+                self._drop(k, g, gx, ws)
             else:
                 np.copyto(gx, g)
             g = gx
@@ -784,7 +782,7 @@ def load(path):
         if "optimizer" in npz.members:
             info = json.loads(str(npz.read("optimizer", max_bytes=_SPEC_BYTES)))
             name = info.get("name", "")
-            cls = {c.__name__: c for c in OPTIMIZERS.values()}.get(name)
+            cls = {c.__name__: c for c in optim.BY_NAME.values()}.get(name)
             if cls is None:
                 raise ValueError(f"{npz.name}: unknown optimizer {name!r}")
             opt = cls([model.params])

@@ -10,7 +10,7 @@ mixed with the layer's position, the step count).
 
 import numpy as np
 
-from fastwb.nn.layers import BatchNorm1d, Dropout, Linear, _Activation
+from fastwb.nn.layers import BatchNorm1d, Dropout, Linear
 from fastwb.reference import functional as F
 from fastwb.reference import normalization as N
 from fastwb.reference import optim as ropt
