@@ -216,3 +216,50 @@ def test_mnist_accuracy(sparsity, target):
     assert accuracy >= target, f"test accuracy {accuracy:.4f} below {target}"
     if sparsity:
         assert model.sparsity() == pytest.approx(0.9, abs=1e-3)
+
+
+# -- the preset over fastwb.nn.Sequential ------------------------------------------------------
+
+def test_mlp_is_a_sequential_of_linear_and_activation_layers():
+    from fastwb import init, nn
+
+    model = fastwb.MLP([6, 5, 4, 3], ["tanh", "leaky_relu"], init="glorot", dtype=np.float64, rng=3, alpha=0.2)
+    assert isinstance(model, nn.Sequential)
+    assert [type(layer).__name__ for layer in model.layers] == ["Linear", "Tanh", "Linear", "LeakyReLU", "Linear"]
+    assert model.layers[3].negative_slope == 0.2
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    # the weights the engine drew before it became a preset: one initialiser call per layer from rng
+    gen = np.random.default_rng(3)
+    for W, b in zip(model.W, model.b):
+        np.testing.assert_array_equal(W, init.xavier_uniform(W.shape, rng=gen))
+        assert not b.any() and np.shares_memory(W, model.params)
+    assert all(np.shares_memory(g, model.grads) for g in model.dW + model.db)
+    with pytest.raises(ValueError, match="softmax cross-entropy"):
+        model.compile("adam", loss="mse")
+
+
+def test_mlp_v2_checkpoint_resumes_bit_for_bit(tmp_path, rng):
+    X, y = _blobs(rng, n=200)
+    a = fastwb.MLP([12, 16, 4], rng=0)
+    a.fit(X, y, epochs=4, batch_size=32, rng=5, verbose=False)
+    b = fastwb.MLP([12, 16, 4], rng=0)
+    b.fit(X, y, epochs=2, batch_size=32, rng=5, verbose=False)
+    b.save(tmp_path / "m.fwb", with_optimizer=True)
+    for c in (fastwb.MLP.load(tmp_path / "m.fwb"), fastwb.nn.load(tmp_path / "m.fwb")):
+        assert isinstance(c, fastwb.MLP) and c.layer_sizes == [12, 16, 4] and c.epochs_done == 2
+        c.fit(X, y, epochs=2, batch_size=32, rng=5, verbose=False)
+        np.testing.assert_array_equal(c.params, a.params)
+
+
+def test_pickled_and_copied_mlps_keep_their_views(rng):
+    import copy
+    import pickle
+
+    X, y = _blobs(rng, n=64)
+    model = fastwb.MLP([12, 8, 4], rng=0)
+    model.train_step(X, y)
+    for other in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model), model.copy()):
+        assert isinstance(other, fastwb.MLP)
+        assert all(np.shares_memory(W, other.params) for W in other.W + other.b)
+        assert other.train_step(X, y) == pytest.approx(fastwb.MLP.copy(model).train_step(X, y), rel=0, abs=0)
+        np.testing.assert_array_equal(other.W[0], other.state_dict()["0.weight"])

@@ -373,3 +373,101 @@ def test_fit_refuses_a_last_batch_of_one_row_before_training():
     with pytest.raises(ValueError, match="last batch of one row"):
         m.fit(X, y, epochs=1, batch_size=16, verbose=False)
     np.testing.assert_array_equal(m.params, before)
+
+
+# -- per-layer gradients, pickling, threads, progress (MLP preset in tests/test_mlp.py) ------------
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse", "bce_with_logits"])
+def test_grad_dict_gives_each_layers_gradient_as_the_twin(loss):
+    from fastwb.reference import nn as rnn
+
+    layers = [nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 4, bias=False), nn.BatchNorm1d(4, affine=False)]
+    m = nn.Sequential(*layers, dtype="float64", rng=3).compile("sgd", loss=loss)
+    r = np.random.default_rng(4)
+    X = r.standard_normal((10, 6))
+    y = r.integers(0, 4, 10) if loss == "cross_entropy" else (r.random((10, 4)) > 0.5).astype(float)
+    m.gradients(X, y)
+    twin = rnn.Sequential(layers, m.state_dict(), m.seed, loss)
+    out, record = twin.forward(X, True)
+    _, g = rnn._LOSSES[loss](out, y)
+    _, expected = twin.backward(g, record, True)
+    grads = m.grad_dict()
+    assert list(grads) == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight"]
+    assert set(grads) == set(expected)
+    for k, v in grads.items():
+        assert np.shares_memory(v, m.grads)
+        np.testing.assert_allclose(v, expected[k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+def test_pickle_keeps_one_buffer_and_trains_on():
+    import pickle
+
+    m = _bn_model().compile("adam", lr=1e-2)
+    X, y = _data()
+    m.train_step(X, y)
+    other = pickle.loads(pickle.dumps(m))
+    for d, flat in ((other._params, other.params), (other._grads, other.grads), (other._buffers, other.buffers)):
+        assert all(np.shares_memory(v, flat) for layer in d for v in layer.values())
+    assert other.optimizer.params[0] is other.params
+    assert other.train_step(X, y) == m.train_step(X, y)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(other.state_dict()[k], v)
+
+
+def test_inference_from_many_threads_and_one_training_call_at_a_time():
+    import threading
+
+    m = _bn_model(dtype="float32").compile("adam")
+    X, y = _data(300, dtype=np.float32)
+    m.fit(X, y, epochs=1, batch_size=32, verbose=False, rng=0)
+    expected = m.logits(X, batch_size=64)
+    results, errors = [], []
+
+    def infer(i):
+        try:
+            for _ in range(20):
+                results.append(np.array_equal(m.logits(X, batch_size=64), expected))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=infer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 80 and all(results)
+    with m._training_lock:                       # as if another thread were training
+        with pytest.raises(RuntimeError, match="Sequential.train_step: the model is already being trained"):
+            m.train_step(X[:32], y[:32])
+    m.train_step(X[:32], y[:32])
+
+
+@pytest.mark.parametrize("with_tqdm", [True, False])
+def test_progress_bar_on_a_terminal(monkeypatch, capsys, with_tqdm):
+    import io
+
+    from fastwb.nn import progress
+
+    if with_tqdm:
+        pytest.importorskip("tqdm")
+    else:
+        monkeypatch.setattr(progress, "_tqdm", lambda: None)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    monkeypatch.delenv("FASTWB_NO_PROGRESS", raising=False)
+    X, y = _data(64)
+    m = _bn_model()
+    m.fit(X, y, epochs=2, batch_size=16, verbose=True, rng=0)
+    drawn = term.getvalue()
+    assert "epoch 1/2" in drawn and "epoch 2/2" in drawn and "/4" in drawn
+    assert ("step" in drawn) if with_tqdm else ("loss" in drawn and "[" in drawn)
+    out = capsys.readouterr().out
+    assert "epoch 2/2: loss" in out and "samples/s" in out
+    term.truncate(0)
+    m.fit(X, y, epochs=1, batch_size=16, verbose=False, rng=0)
+    assert term.getvalue() == "" and capsys.readouterr().out == ""

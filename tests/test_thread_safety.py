@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastwb
-from fastwb import mlp as mlp_module
+from fastwb.nn import plan as plan_module
 
 DEADLINE = 60.0
 
@@ -88,7 +88,7 @@ def test_inference_from_many_threads_matches_one_thread(shared):
     _run_threads(work, 6)
     assert wrong == [], f"{len(wrong)} wrong results of 60 concurrent inference calls"
     cached = model._pool.workspaces()
-    assert len(cached) <= mlp_module._INFER_SIZES * mlp_module._INFER_IDLE
+    assert len(cached) <= plan_module.INFER_SIZES * plan_module.INFER_IDLE
 
 
 def _blocked_fit(model, X, y):
@@ -178,7 +178,7 @@ def test_inference_cache_is_bounded_over_many_lengths(rng):
     finally:
         tracemalloc.stop()
     cached = model._pool.workspaces()
-    assert len({ws.batch for ws in cached}) <= mlp_module._INFER_SIZES
+    assert len({ws.batch for ws in cached}) <= plan_module.INFER_SIZES
     assert 512 in {ws.batch for ws in cached}          # the fixed chunk size stays cached
     # the old cache kept one workspace per length: 1000 of them, about 210 MB here
     assert after - before < 2 * 2**20, f"inference kept {(after - before) / 2**20:.1f} MiB"
@@ -190,7 +190,7 @@ def test_training_cache_keeps_a_few_batch_sizes(rng):
     y = rng.integers(0, 3, 100)
     for n in range(1, 40):
         model.train_step(X[:n], y[:n])
-    assert len(model._workspaces) <= mlp_module._TRAIN_SIZES
+    assert len(model._workspaces) <= plan_module.TRAIN_SIZES
     model.fit(X, y, epochs=2, batch_size=32, verbose=False)      # batches of 32 and a last one of 4
     assert {32, 4} <= set(model._workspaces)
 
@@ -210,8 +210,8 @@ def test_chunked_inference_matches_one_pass(lengths, batch_size):
     for n in lengths:
         close(model.logits(X[:n], batch_size), _HYP_WHOLE[:n], np.float64, scale=True)
     cached = model._pool.workspaces()
-    assert len({ws.batch for ws in cached}) <= mlp_module._INFER_SIZES
-    assert len(cached) <= mlp_module._INFER_SIZES * mlp_module._INFER_IDLE
+    assert len({ws.batch for ws in cached}) <= plan_module.INFER_SIZES
+    assert len(cached) <= plan_module.INFER_SIZES * plan_module.INFER_IDLE
 
 
 def test_copies_and_pickles_have_their_own_workspaces(shared):

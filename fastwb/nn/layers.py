@@ -19,7 +19,7 @@ from fastwb import init
 from fastwb._validate import ACTIVATIONS, check_alpha, check_int, check_real
 
 __all__ = ["Layer", "Linear", "BatchNorm1d", "Dropout", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Identity",
-           "LAYERS", "layer_from_config"]
+           "LAYERS", "ACTIVATION_LAYERS", "layer_from_config", "activation_layer"]
 
 
 class Layer:
@@ -227,7 +227,17 @@ class LeakyReLU(_Activation):
         return {"negative_slope": self.negative_slope}
 
 
-assert {c.activation for c in (ReLU, Sigmoid, Tanh, Identity, LeakyReLU)} == set(ACTIVATIONS)
+ACTIVATION_LAYERS = {c.activation: c for c in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh)}
+assert set(ACTIVATION_LAYERS) == set(ACTIVATIONS)
+
+
+def activation_layer(name, negative_slope=0.01):
+    """The layer of the activation called ``name`` (fastwb._validate.ACTIVATIONS);
+    ValueError listing the valid names."""
+    if not isinstance(name, str) or name not in ACTIVATION_LAYERS:
+        raise ValueError(f"unknown activation {name!r}; valid names are {', '.join(ACTIVATIONS)}")
+    return LeakyReLU(negative_slope) if name == "leaky_relu" else ACTIVATION_LAYERS[name]()
+
 
 LAYERS = {cls.__name__: cls for cls in (Linear, BatchNorm1d, Dropout, ReLU, LeakyReLU, Sigmoid, Tanh, Identity)}
 

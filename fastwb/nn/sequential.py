@@ -12,138 +12,42 @@ is a view into one flat buffer ``params``; their gradients live in
 all.  Running statistics live in a second buffer, ``buffers``, that no
 optimizer touches (``num_batches_tracked`` in a small int64 array).
 
-The plan: the layers are grouped into stages that each run as one fused
-kernel call forward and one backward:
+How it runs (fused stages, workspaces per batch size, no allocation after a
+step's first call) is :mod:`fastwb.nn.plan`.
 
-* ``Linear`` [-> activation] [-> ``Dropout``]: a GEMM, one bias + activation
-  pass, one dropout pass;
-* ``BatchNorm1d`` [-> activation] [-> ``Dropout``]: one column-statistics
-  pass and one pass that normalises, scales, shifts, activates and drops;
-  backward in two passes with the dropout mask recomputed;
-* an activation or a ``Dropout`` on its own.
-
-Workspaces are allocated once per batch size, so a step allocates no array
-after the first.  Thread safety: inference (``logits``, ``predict``,
-``evaluate``) and training on one model must not run from several threads
-at once; use one model per thread (or :meth:`copy`).
+Threads and processes: inference (:meth:`Sequential.logits`, ``predict``,
+``predict_proba``, ``evaluate``) on one model is safe from any number of
+threads at once: each call takes workspaces no other call holds.  Training
+(``train_step``, ``fit``, ``gradients``, ``input_gradient``) writes the one
+gradient buffer and the parameters, so two such calls on one model at once
+raise ``RuntimeError``; inference while another thread trains is safe for
+memory but may see a partly updated model.  A forked child can use every
+model (on one thread).
 """
 
 import copy as _copy
 import json
 import math
+import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
 
-from fastwb import _dense, _engine, _io, _norm, functional, init, optim, prune
-from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, plan_threads
+from fastwb import _dense, _io, _norm, functional, init, optim, prune
 from fastwb._validate import ACTIVATIONS, FLOAT_DTYPES, check_int
-from fastwb.mlp import _MODELS
 from fastwb.nn import losses as _losses
-from fastwb.nn.layers import BatchNorm1d, Dropout, Layer, Linear, _Activation, layer_from_config
+from fastwb.nn.layers import BatchNorm1d, Layer, Linear, layer_from_config
+from fastwb.nn.plan import MODELS, TRAIN_SIZES, Workspace, WorkspacePool, stages, trains
+from fastwb.nn.progress import Progress
 
 __all__ = ["Sequential", "load", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "fastwb-nn-2"
+#: presets: subclasses of Sequential built from a few arguments, by name (fastwb.mlp registers "MLP");
+#: a v2 checkpoint of a preset loads as that class, and a v1 checkpoint is an MLP's
+PRESETS = {}
 _SPEC_BYTES = 1 << 20           # bound on a checkpoint's JSON specification
-_EXP = (ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"])
-
-
-class _Stage:
-    """Consecutive layers that run as one fused call: ``kind`` is "dense",
-    "bn", "act" or "dropout"; ``act``/``alpha`` the fused activation;
-    ``p`` the fused dropout probability (0: none); ``index`` the position
-    of the stage's first layer (its parameters' names)."""
-
-    def __init__(self, kind, index, layer):
-        self.kind, self.index, self.layer = kind, index, layer
-        self.act, self.alpha, self.p = "identity", 0.01, 0.0
-        self.layers = [index]
-
-    @property
-    def code(self):
-        """The activation's kernel code (fastwb._validate.ACTIVATIONS)."""
-        return ACTIVATIONS[self.act]
-
-
-def _stages(layers):
-    stages = []
-    i = 0
-    while i < len(layers):
-        layer = layers[i]
-        kind = ("dense" if isinstance(layer, Linear) else "bn" if isinstance(layer, BatchNorm1d)
-                else "act" if isinstance(layer, _Activation) else "dropout")
-        st = _Stage(kind, i, layer)
-        i += 1
-        fuse_act = kind in ("dense", "bn") and not (kind == "dense" and i < len(layers)
-                                                    and isinstance(layers[i], BatchNorm1d))
-        if kind == "act":
-            st.act, st.alpha = layer.activation, getattr(layer, "negative_slope", 0.01)
-        elif fuse_act and i < len(layers) and isinstance(layers[i], _Activation):
-            st.act, st.alpha = layers[i].activation, getattr(layers[i], "negative_slope", 0.01)
-            st.layers.append(i)
-            i += 1
-        if kind == "dropout":
-            st.p = layer.p
-        elif kind != "dense" or st.act != "identity" or not (i < len(layers) and isinstance(layers[i], BatchNorm1d)):
-            if i < len(layers) and isinstance(layers[i], Dropout):
-                st.p = layers[i].p
-                st.layers.append(i)
-                i += 1
-        stages.append(st)
-    return stages
-
-
-class _Workspace:
-    """Every array one step of one batch size needs, and the thread count of
-    every kernel call, all made once: the plan then calls the kernels on the
-    engine's own arrays without checking them again."""
-
-    def __init__(self, model, n):
-        dt = model.dtype
-        self.n = n
-        self.x = np.empty((n, model.in_features), dt)          # gathered batch (fit)
-        self.out, self.pre, self.grad_in, self.work, self.gb = [], [], [], [], []
-        self.mean, self.invstd = [], []
-        self.nt_act, self.nt_col, self.nt_drop, self.nt_bn = [], [], [], []
-        for st, (w_in, w_out) in zip(model._plan, model._widths):
-            self.out.append(np.empty((n, w_out), dt))
-            # dense + dropout and act + dropout keep the activation output before the dropout
-            self.pre.append(np.empty((n, w_out), dt) if st.p and st.kind in ("dense", "act") else None)
-            self.grad_in.append(np.empty((n, w_in), dt))
-            self.work.append(np.empty((n, w_out), dt))
-            self.gb.append(np.empty(w_out, dt) if st.kind == "dense" and not st.layer.bias else None)
-            self.mean.append(np.empty(w_out, dt) if st.kind == "bn" else None)
-            self.invstd.append(np.empty(w_out, dt) if st.kind == "bn" else None)
-            grain = GRAIN_COMPUTE if st.code in _EXP else GRAIN_MEMORY
-            self.nt_act.append(plan_threads(n * w_out, grain))
-            self.nt_col.append(min(plan_threads(n * w_out, grain), max(1, w_out // 16)))
-            self.nt_drop.append(plan_threads(n * w_out, GRAIN_MEMORY))
-            self.nt_bn.append(min(plan_threads(n * w_out, GRAIN_COMPUTE if st.code in _EXP or st.p else GRAIN_MEMORY),
-                                  max(1, w_out // 16)))
-        self.grad_out = np.empty((n, model.out_features), dt)
-        self.row_loss = np.empty(n, np.float64)
-        self.nt_loss = model.loss.threads(n * model.out_features)
-        self.y = None
-        self.plan = _step_plan(model, self) if model._dense_chain() else None
-
-
-def _step_plan(model, ws):
-    """The compiled one-call step (fastwb/_engine.pyx) of a chain of Linear ->
-    activation stages with a cross-entropy loss: what ``fastwb.MLP`` runs."""
-    n = ws.n
-    codes = [ACTIVATIONS[st.act] for st in model._plan]
-    exp = (ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"])
-    grains = [GRAIN_COMPUTE if c in exp else GRAIN_MEMORY for c in codes]
-    widths = [w_out for _, w_out in model._widths]
-    nt_act = [plan_threads(n * w, g) for w, g in zip(widths, grains)]
-    nt_col = [min(plan_threads(n * w, g), max(1, w // 16)) for w, g in zip(widths, grains)]
-    idx = [st.index for st in model._plan]
-    return _engine.StepPlan([model._params[i]["weight"] for i in idx], [model._params[i]["bias"] for i in idx],
-                            [model._grads[i]["weight"] for i in idx], [model._grads[i]["bias"] for i in idx],
-                            ws.out, ws.work, ws.grad_in, ws.row_loss, codes,
-                            next((st.alpha for st in model._plan if st.act == "leaky_relu"), 0.01),
-                            nt_act, nt_col, plan_threads(n * model.out_features, GRAIN_COMPUTE))
 
 
 class Sequential:
@@ -177,13 +81,13 @@ class Sequential:
         self.layers = list(layers)
         self.dtype = dtype
         self._widths_of(in_features)
-        self._plan = _stages(self.layers)
+        self._plan = stages(self.layers)
         self._stage_widths()
-        gen = init.as_generator(rng)
-        self.seed = int(gen.integers(0, 2**31 - 1))
         self._layout()
+        gen = init.as_generator(rng)
         for i, layer in enumerate(self.layers):
             layer.initialise(self._params[i], self._buffers[i], gen)
+        self.seed = int(gen.integers(0, 2**31 - 1))     # after the weights: MLP(rng=s) keeps its weights
         self.training = True
         self.optimizer = None
         self.loss = _losses.get("cross_entropy")
@@ -192,10 +96,25 @@ class Sequential:
         self.stop_training = False
         self.masks = None
         self._fresh_workspaces()
-        _MODELS.add(self)           # a forked child gets fresh workspaces (serial thread counts)
 
     def _fresh_workspaces(self):
-        self._workspaces = {}
+        """Empty workspace caches and a free training guard (at construction, after
+        unpickling, and in a forked child: see :mod:`fastwb.nn.plan`)."""
+        self._workspaces = OrderedDict()      # training: batch -> Workspace, least recently used first
+        self._pool = WorkspacePool()          # inference
+        self._training_lock = threading.Lock()
+        MODELS.add(self)
+
+    _TRANSIENT = ("_workspaces", "_pool", "_training_lock", "_params", "_grads", "_buffers")
+
+    def __getstate__(self):
+        # the per-layer views would unpickle as copies: they are made again from the flat buffers
+        return {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._views()
+        self._fresh_workspaces()
 
     # -- structure -------------------------------------------------------------------
     def _widths_of(self, in_features):
@@ -237,17 +156,22 @@ class Sequential:
         bn = [i for i, layer in enumerate(self.layers) if isinstance(layer, BatchNorm1d) and layer.track_running_stats]
         self.num_batches_tracked = np.zeros(len(bn), np.int64)
         self._nbt_index = {i: k for k, i in enumerate(bn)}
+        self._views()
+
+    def _views(self):
+        """Each layer's parameter, gradient and buffer arrays as views of the flat
+        buffers, and the state-dict names with their places."""
         self._params, self._grads, self._buffers, self._names = [], [], [], []
         po = bo = 0
-        for i, (ps, bs) in enumerate(zip(pshapes, bshapes)):
+        for i, layer in enumerate(self.layers):
             p, g, b = {}, {}, {}
-            for name, shape in ps.items():
+            for name, shape in layer.param_shapes().items():
                 size = math.prod(shape)
                 p[name] = self.params[po:po + size].reshape(shape)
                 g[name] = self.grads[po:po + size].reshape(shape)
                 self._names.append((f"{i}.{name}", "param", po, shape))
                 po += size
-            for name, shape in bs.items():
+            for name, shape in layer.buffer_shapes().items():
                 size = math.prod(shape)
                 b[name] = self.buffers[bo:bo + size].reshape(shape)
                 self._names.append((f"{i}.{name}", "buffer", bo, shape))
@@ -310,21 +234,24 @@ class Sequential:
         return X, self.loss.targets(y, X.shape[0], self.out_features, self.dtype, name)
 
     def _workspace(self, n):
-        ws = self._workspaces.get(n)
+        """The training workspace for ``n`` rows (only inside a :func:`trains` method)."""
+        ws = self._workspaces.pop(n, None)
         if ws is None:
-            if len(self._workspaces) >= 4:          # an epoch's batch, its tail, and inference chunks
-                self._workspaces.pop(next(iter(self._workspaces)))
-            ws = self._workspaces[n] = _Workspace(self, n)
+            ws = Workspace(self, n)
+        self._workspaces[n] = ws
+        while len(self._workspaces) > TRAIN_SIZES:
+            self._workspaces.popitem(last=False)
         return ws
 
     # -- the plan ------------------------------------------------------------------------
-    def _dense_chain(self):
+    def _dense_chain(self, training=True):
         """True when the model is Linear (with bias) -> activation stages only,
-        without dropout, ending in a linear output, trained with cross-entropy
-        (one leaky slope): then a step is one compiled call (:func:`_step_plan`)."""
+        without dropout, ending in a linear output, with one leaky slope (and for
+        training a cross-entropy loss): then a forward pass or a step is one
+        compiled call (:func:`fastwb.nn.plan._step_plan`)."""
         alphas = {st.alpha for st in self._plan if st.act == "leaky_relu"}
-        return (self.loss.name == "cross_entropy" and self._plan[-1].act == "identity" and len(alphas) <= 1
-                and all(st.kind == "dense" and not st.p and st.layer.bias for st in self._plan))
+        return ((self.loss.name == "cross_entropy" or not training) and self._plan[-1].act == "identity"
+                and len(alphas) <= 1 and all(st.kind == "dense" and not st.p and st.layer.bias for st in self._plan))
 
     def _drop(self, k, src, dst, ws):
         """Stage k's dropout (training step's mask) from src into dst; the same
@@ -432,9 +359,11 @@ class Sequential:
         return g
 
     # -- training ------------------------------------------------------------------------
+    @trains
     def gradients(self, X, y):
         """Mean loss for a batch, with every parameter's gradient in ``grads``
-        (in the current mode; nothing is updated, no step is counted)."""
+        (in the current mode; nothing is updated, no step is counted).  Each
+        parameter's gradient by name: :meth:`grad_dict`."""
         X, y = self._check_batch(X, y)
         _nonempty(X)
         ws = self._workspace(X.shape[0])
@@ -455,6 +384,7 @@ class Sequential:
         self._backward(X, ws, True)
         return loss
 
+    @trains
     def train_step(self, X, y):
         """One optimisation step on a batch in training mode (Adam lr 1e-3 unless
         :meth:`compile` chose otherwise); returns the batch's mean loss."""
@@ -470,6 +400,7 @@ class Sequential:
         self.step_count += 1
         return loss
 
+    @trains
     def input_gradient(self, X, y, training=False):
         """Gradient of the mean loss with respect to X (for saliency maps and
         adversarial examples), in eval mode unless ``training``: no parameter
@@ -483,26 +414,39 @@ class Sequential:
         self.buffers[...], self.num_batches_tracked[...] = saved
         return g
 
-    def fit(self, X, y, epochs=5, batch_size=128, shuffle=True, validation_data=None, callbacks=(), rng=None,
-            prune_schedule=None, prune_scope="global", verbose=True):
+    @trains
+    def fit(self, X, y, epochs=5, batch_size=128, optimizer=None, shuffle=True, validation_data=None, rng=None,
+            prune_schedule=None, prune_scope="global", verbose=True, callbacks=()):
         """Train for ``epochs`` passes over (X, y) in mini-batches, in training mode.
+
+        ``epochs`` and ``batch_size`` are integers >= 1.  ``optimizer``: None
+        (keep the current one; Adam with lr 1e-3 when none was compiled), a
+        name, or a :mod:`fastwb.optim` optimizer over ``[model.params]``.
+        Shuffling draws each epoch's order from ``rng`` (a seed, a Generator
+        or None) and the epoch's number, so a fit resumed from a checkpoint
+        continues exactly as if never stopped.  ``prune_schedule``: a
+        schedule (``step -> sparsity``, e.g. :class:`fastwb.prune.CubicSchedule`)
+        or a final sparsity reached by a cubic schedule over the first three
+        quarters of training (:func:`fastwb.prune.schedule_for`); Linear
+        weights are pruned by magnitude (``prune_scope``: see :meth:`prune`),
+        never biases or BatchNorm parameters.  ``callbacks``:
+        :mod:`fastwb.nn.callbacks` objects, ``on_epoch_end(epoch, logs)``
+        after each epoch; one may set ``model.stop_training``.  ``verbose``
+        shows a progress bar on a terminal (tqdm when installed) and a line
+        per epoch.
 
         Returns the history dict: per epoch ``loss``, the loss's metric
         (``accuracy``, ``r2`` or ``binary_accuracy``), ``val_*`` of both with
-        ``validation_data``, ``sparsity`` and ``seconds``.  Shuffling draws
-        each epoch's order from ``rng`` and the epoch's number, so a fit
-        resumed from a checkpoint continues exactly as if never stopped.
-        ``callbacks``: :mod:`fastwb.nn.callbacks` objects; one may set
-        ``model.stop_training``.  ``prune_schedule``/``prune_scope`` as in
-        :meth:`fastwb.MLP.fit` (Linear weights only)."""
-        from fastwb.mlp import _Progress, _schedule
-
+        ``validation_data``, ``sparsity`` and ``seconds``.  Not concurrent
+        with another training call on this model (RuntimeError)."""
         X, y = self._check_batch(X, y)
         n = X.shape[0]
         _nonempty(X)
         epochs = check_int("epochs", epochs, 1)
         batch_size = check_int("batch_size", batch_size, 1)
-        if self.optimizer is None:
+        if optimizer is not None:
+            self.compile(optimizer)
+        elif self.optimizer is None:
             self.compile()
         if validation_data is not None:
             Xv, yv = validation_data
@@ -513,7 +457,7 @@ class Sequential:
         if n % batch_size == 1 and any(st.kind == "bn" for st in self._plan):
             raise ValueError(f"{n} rows in batches of {batch_size} leave a last batch of one row, which "
                              "BatchNorm1d cannot normalise on batch statistics; choose another batch_size")
-        schedule = _schedule(prune_schedule, epochs * steps_per_epoch)
+        schedule = prune.schedule_for(prune_schedule, epochs * steps_per_epoch)
         callbacks = list(callbacks)
         self.stop_training = False
         for cb in callbacks:
@@ -523,11 +467,12 @@ class Sequential:
         self.train()
         current_sparsity = None
         start_step = self.step_count
+        last_epoch = self.epochs_done + epochs
         try:
             for _ in range(epochs):
                 epoch = self.epochs_done
                 order = (np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n))
-                bar = _Progress(steps_per_epoch, f"epoch {epoch + 1}", verbose)
+                bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{last_epoch}", verbose)
                 t0 = time.perf_counter()
                 loss_sum, correct = 0.0, 0
                 for s in range(0, n, batch_size):
@@ -562,7 +507,7 @@ class Sequential:
                     cb.on_epoch_end(epoch, logs)
                 for k, v in logs.items():
                     history.setdefault(k, []).append(v)
-                bar.close(f"epoch {epoch + 1}: " + ", ".join(
+                bar.close(f"epoch {epoch + 1}/{last_epoch}: " + ", ".join(
                     f"{k} {v:.4f}" for k, v in logs.items() if k not in ("seconds", "sparsity"))
                     + f", {n / max(seconds, 1e-9):,.0f} samples/s")
                 if self.stop_training:
@@ -577,13 +522,18 @@ class Sequential:
     def logits(self, X, batch_size=1024):
         """The network's output (before any softmax or sigmoid) for inference: in
         any mode, BatchNorm uses its running statistics and dropout is off, and
-        nothing in the model changes."""
-        X = self._check_x(X)
+        nothing in the model changes.
+
+        X runs through the network in chunks of ``batch_size`` rows (an
+        integer >= 1; it bounds the memory of the workspaces, not the result;
+        a BatchNorm1d without running statistics normalises each chunk by its
+        own statistics).  Safe to call from many threads at once on one model."""
         batch_size = check_int("batch_size", batch_size, 1)
+        X = self._check_x(X)
         out = np.empty((X.shape[0], self.out_features), self.dtype)
-        for s in range(0, X.shape[0], batch_size):
-            chunk = X[s:s + batch_size]
-            out[s:s + len(chunk)] = self._forward(chunk, self._workspace(len(chunk)), False)
+        for start, stop, ws in self._pool.chunks(self, X.shape[0], batch_size):
+            chunk = X[start:stop]
+            out[start:stop] = ws.plan.forward(chunk) if ws.plan is not None else self._forward(chunk, ws, False)
         return out
 
     def predict_proba(self, X, batch_size=1024):
@@ -622,11 +572,20 @@ class Sequential:
         return self.loss.scores(self.logits(X), y)
 
     # -- pruning -------------------------------------------------------------------------
+    def layer_sparsity(self):
+        """Fraction of exactly-zero weights in each Linear layer."""
+        return [1.0 - np.count_nonzero(w) / w.size for w in self._linear_weights()]
+
     def _linear_weights(self):
         return [self._params[i]["weight"] for i, layer in enumerate(self.layers) if isinstance(layer, Linear)]
 
     def prune(self, sparsity, scope="global"):
-        """Prune the Linear weights to ``sparsity`` by magnitude (as :meth:`fastwb.MLP.prune`)."""
+        """Prune the Linear weights to ``sparsity`` by magnitude: over all weight
+        matrices together (``scope="global"``, the default: layers keep the
+        weights that matter most, so a small output layer is spared) or each
+        matrix to that sparsity (``"layer"``); exact counts.  Pruned weights
+        stay 0 through later updates and pruning only ever grows.  Biases and
+        BatchNorm parameters are never pruned."""
         self.masks = prune.grow_masks(self._linear_weights(), sparsity, scope, self.masks)
         if self.optimizer is not None:
             self.optimizer.set_masks([self._flat_mask()])
@@ -653,6 +612,12 @@ class Sequential:
         if kind == "buffer":
             return self.buffers[offset:offset + math.prod(shape)].reshape(shape)
         return self.num_batches_tracked[offset:offset + 1].reshape(())
+
+    def grad_dict(self):
+        """Each parameter's gradient (as left by the last :meth:`gradients`,
+        :meth:`train_step` or ``fit`` step) under its state-dict name: views of
+        ``grads``, overwritten by the next training call."""
+        return {f"{i}.{name}": g for i, d in enumerate(self._grads) for name, g in d.items()}
 
     def state_dict(self):
         """Copies of every parameter and buffer under PyTorch's names (``"0.weight"``,
@@ -717,17 +682,22 @@ class Sequential:
         """An independent copy, parameters, buffers, optimizer state, seed and
         step count included, whose arrays are views of its own buffers (for
         inference from another thread, or an ensemble member)."""
-        other = Sequential(*[_copy.deepcopy(layer) for layer in self.layers], dtype=self.dtype,
-                           in_features=self.in_features, rng=0)
+        other = self._blank()
         other.params[...], other.buffers[...] = self.params, self.buffers
         other.num_batches_tracked[...] = self.num_batches_tracked
         other.loss, other.seed, other.step_count, other.epochs_done = self.loss, self.seed, self.step_count, self.epochs_done
+        other.training = self.training
         if self.masks is not None:
             other.masks = [m.copy() for m in self.masks]
         if self.optimizer is not None:
             other.optimizer = type(self.optimizer)([other.params])
             other.optimizer.load_state_dict(self.optimizer.state_dict())
         return other
+
+    def _blank(self):
+        """A new model of the same structure (what :meth:`copy` fills in)."""
+        return Sequential(*[_copy.deepcopy(layer) for layer in self.layers], dtype=self.dtype,
+                          in_features=self.in_features, rng=0)
 
     def __deepcopy__(self, memo):
         return self.copy()
@@ -744,10 +714,8 @@ def load(path):
     foreign file is a ValueError naming it."""
     with _io.NpzReader(path, "fastwb checkpoint") as npz:
         if "format" not in npz.members or "spec" not in npz.members:
-            if "layer_sizes" in npz.members:
-                from fastwb.mlp import MLP
-
-                return MLP.load(path)
+            if "layer_sizes" in npz.members and "MLP" in PRESETS:
+                return PRESETS["MLP"].load(path)
             raise ValueError(f"{npz.name}: not a fastwb checkpoint (no format or spec)")
         fmt = str(npz.read("format", max_bytes=1024))
         if fmt != CHECKPOINT_FORMAT:
@@ -766,7 +734,15 @@ def load(path):
                 raise ValueError(f"{npz.name}: {key} is {m.describe() if m else 'missing'}, the layers need "
                                  f"{np.dtype(dt)}{shape}")
         try:
-            model = Sequential(*layers, dtype=dtype, in_features=spec.get("in_features"), rng=0)
+            preset = spec.get("preset")
+            if preset is None:
+                model = Sequential(*layers, dtype=dtype, in_features=spec.get("in_features"), rng=0)
+            else:
+                if not isinstance(preset, dict) or preset.get("name") not in PRESETS:
+                    raise ValueError(f"unknown preset {preset!r}")
+                model = PRESETS[preset["name"]].from_preset(preset, dtype)
+                if model.spec()["layers"] != spec["layers"]:
+                    raise ValueError(f"the {preset['name']} preset does not build these layers")
         except (TypeError, ValueError) as e:
             raise ValueError(f"{npz.name}: inconsistent layer specification ({e})") from None
         nbt = npz.members.get("num_batches_tracked")

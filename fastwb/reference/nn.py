@@ -83,9 +83,9 @@ class Sequential:
 
     def _seed_of(self, i):
         """The seed fastwb gives the dropout at layer i: that of its stage's first layer."""
-        from fastwb.nn.sequential import _stages
+        from fastwb.nn.plan import stages
 
-        for st in _stages(self.layers):
+        for st in stages(self.layers):
             if i in st.layers:
                 return (self.seed * 1000003 + st.index) % (2**31 - 1)
         raise AssertionError(i)
