@@ -154,6 +154,27 @@ def _cmd_info(args):
     return 0
 
 
+def build_model(sizes, activation, batchnorm=False, dropout=0.0, dtype="float32", seed=0):
+    """The model ``fastwb train`` trains: ``fastwb.MLP(sizes, activation)``, or with
+    ``batchnorm`` / ``dropout`` a :class:`fastwb.nn.Sequential` whose hidden layers are
+    Linear -> [BatchNorm1d] -> activation -> [Dropout(dropout)] (He-initialised as the MLP)."""
+    import fastwb
+    from fastwb import nn
+
+    if not batchnorm and not dropout:
+        return fastwb.MLP(sizes, activation, dtype=dtype, rng=seed)
+    layers = []
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+        layers.append(nn.Linear(n_in, n_out, init="he"))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(n_out))
+        layers.append(nn.activation_layer(activation))
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(sizes[-2], sizes[-1], init="he"))
+    return nn.Sequential(*layers, dtype=dtype, rng=seed)
+
+
 def _cmd_train(args):
     import numpy as np
 
@@ -178,7 +199,7 @@ def _cmd_train(args):
         return fail(f"cannot load {args.dataset}: {e}")
     sizes = [X_train.shape[1], *hidden, int(max(y_train.max(), y_test.max())) + 1]
     try:
-        model = fastwb.MLP(sizes, args.activation, dtype=dtype, rng=args.seed)
+        model = build_model(sizes, args.activation, args.batchnorm, args.dropout, dtype, args.seed)
     except (MemoryError, ValueError) as e:
         return fail(f"cannot build a {'-'.join(map(str, sizes))} model: {e}")
     model.compile(args.optimizer, lr=lr)
@@ -250,6 +271,9 @@ def build_parser():
     train.add_argument("--threads", type=thread_count, help="fastwb threads (default: OMP_NUM_THREADS or all cores)")
     train.add_argument("--prune", type=fraction, metavar="SPARSITY",
                        help="prune weights gradually (cubic schedule) to this final sparsity in [0, 1), e.g. 0.9")
+    train.add_argument("--batchnorm", action="store_true", help="BatchNorm1d after every hidden Linear layer")
+    train.add_argument("--dropout", type=fraction, default=0.0, metavar="P",
+                       help="dropout probability after every hidden activation (default 0: none)")
     train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--plot", type=figure_path, metavar="PNG",
                        help="save the weight and bias plots here (format from the extension)")

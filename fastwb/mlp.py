@@ -94,16 +94,10 @@ class MLP(_sequential.Sequential):
         self.init = init
         super().__init__(*layers, dtype=dtype, rng=rng)
 
-    def _views(self):
-        super()._views()
-        dense = [i for i, layer in enumerate(self.layers) if isinstance(layer, Linear)]
-        self.W = [self._params[i]["weight"] for i in dense]
-        self.b = [self._params[i]["bias"] for i in dense]
-        self.dW = [self._grads[i]["weight"] for i in dense]
-        self.db = [self._grads[i]["bias"] for i in dense]
-        self.shapes = [s for W in self.W for s in (W.shape, (W.shape[1],))]
-
-    _TRANSIENT = _sequential.Sequential._TRANSIENT + ("W", "b", "dW", "db")
+    @property
+    def shapes(self):
+        """The parameter shapes in buffer order: ``(in, out), (out,)`` per layer."""
+        return [s for W in self.W for s in (W.shape, (W.shape[1],))]
 
     @property
     def n_layers(self):

@@ -13,9 +13,11 @@ __all__ = ["visualize_weights"]
 
 
 def _layers(model):
-    """(weights, biases) lists of an MLP, an MNISTClassifier or anything with W1/b1, W2/b2."""
+    """(weights, biases) lists of an MLP or a fastwb.nn.Sequential (its Linear layers; a
+    layer without bias is left out of the biases), an MNISTClassifier or anything with
+    W1/b1, W2/b2."""
     if hasattr(model, "W") and hasattr(model, "b"):
-        return list(model.W), list(model.b)
+        return list(model.W), [b for b in model.b if b is not None]
     Ws, bs, i = [], [], 1
     while hasattr(model, f"W{i}"):
         Ws.append(getattr(model, f"W{i}"))

@@ -314,8 +314,10 @@ def evaluate_model(model, X, y):
 
 
 def weight_statistics(model):
-    """The slides' weight and bias statistics: per layer mean and std of W and b."""
+    """The slides' weight and bias statistics: per layer mean and std of W and b
+    (of each Linear layer of a fastwb.nn.Sequential; 0.0 for a layer without bias)."""
     Ws = model.net.W if isinstance(model, MNISTClassifier) else model.W
     bs = model.net.b if isinstance(model, MNISTClassifier) else model.b
-    return [{"layer": i + 1, "W_mean": float(W.mean()), "W_std": float(W.std()), "b_mean": float(b.mean()),
-             "b_std": float(b.std())} for i, (W, b) in enumerate(zip(Ws, bs))]
+    return [{"layer": i + 1, "W_mean": float(W.mean()), "W_std": float(W.std()),
+             "b_mean": float(b.mean()) if b is not None else 0.0, "b_std": float(b.std()) if b is not None else 0.0}
+            for i, (W, b) in enumerate(zip(Ws, bs))]

@@ -162,6 +162,7 @@ BAD = {
         "--dtype": _bad_choice(["float32", "float64"]),
         "--threads": _bad_threads,
         "--prune": _bad_fraction,
+        "--dropout": _bad_fraction,
         "--seed": _bad_seed,
         "--plot": _bad_path(figure=True),
         "--save": _bad_path(figure=False),
@@ -189,7 +190,8 @@ def test_every_option_has_a_bad_value_strategy():
     commands = parser._subparsers._group_actions[0].choices
     for command, bad in BAD.items():
         options = {s for a in commands[command]._actions for s in a.option_strings if s.startswith("--")}
-        valued = {o for o in options if o not in ("--help", "--quiet", "--quick", "--data-path", "--filter")}
+        valued = {o for o in options
+                  if o not in ("--help", "--quiet", "--quick", "--data-path", "--filter", "--batchnorm")}
         assert valued == set(bad), command
 
 

@@ -91,6 +91,21 @@ def test_cli_train_digits(tmp_path, capsys):
     assert fastwb.MLP.load(model_path).layer_sizes == [64, 128, 10]
 
 
+def test_cli_trains_batchnorm_and_dropout_models_on_the_engine(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    path = tmp_path / "bn.fwb"
+    assert cli.main(["train", "--epochs", "8", "--batchnorm", "--dropout", "0.1", "--hidden", "64", "32",
+                     "--save", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "BatchNorm1d(num_features=64" in out and "Dropout(p=0.1)" in out
+    accuracy = float(out.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.9
+    model = fastwb.nn.load(path)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    assert model.num_batches_tracked.tolist() == [8 * 45, 8 * 45]       # 1438 rows in batches of 32
+
+
 def test_cli_train_options_and_errors(tmp_path, capsys, idx_folder, monkeypatch):
     pytest.importorskip("sklearn")
     assert cli.main(["train", "--epochs", "2", "--hidden", "16", "8", "--activation", "tanh", "--optimizer", "sgd",

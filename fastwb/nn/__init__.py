@@ -16,9 +16,9 @@
 """
 
 from fastwb.nn.callbacks import Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint
-from fastwb.nn.layers import BatchNorm1d, Dropout, Identity, LeakyReLU, Linear, ReLU, Sigmoid, Tanh
+from fastwb.nn.layers import BatchNorm1d, Dropout, Identity, LeakyReLU, Linear, ReLU, Sigmoid, Tanh, activation_layer
 from fastwb.nn.losses import LOSSES
 from fastwb.nn.sequential import Sequential, load
 
 __all__ = ["Sequential", "load", "Linear", "BatchNorm1d", "Dropout", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
-           "Identity", "LOSSES", "Callback", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
+           "Identity", "activation_layer", "LOSSES", "Callback", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]

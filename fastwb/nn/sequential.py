@@ -105,7 +105,7 @@ class Sequential:
         self._training_lock = threading.Lock()
         MODELS.add(self)
 
-    _TRANSIENT = ("_workspaces", "_pool", "_training_lock", "_params", "_grads", "_buffers")
+    _TRANSIENT = ("_workspaces", "_pool", "_training_lock", "_params", "_grads", "_buffers", "W", "b", "dW", "db")
 
     def __getstate__(self):
         # the per-layer views would unpickle as copies: they are made again from the flat buffers
@@ -160,7 +160,8 @@ class Sequential:
 
     def _views(self):
         """Each layer's parameter, gradient and buffer arrays as views of the flat
-        buffers, and the state-dict names with their places."""
+        buffers, and the state-dict names with their places; ``W``, ``b``,
+        ``dW``, ``db``: lists over the Linear layers."""
         self._params, self._grads, self._buffers, self._names = [], [], [], []
         po = bo = 0
         for i, layer in enumerate(self.layers):
@@ -181,6 +182,12 @@ class Sequential:
             self._params.append(p)
             self._grads.append(g)
             self._buffers.append(b)
+        # the Linear layers' arrays, as the slides name them (None for a layer without bias)
+        dense = [i for i, layer in enumerate(self.layers) if isinstance(layer, Linear)]
+        self.W = [self._params[i]["weight"] for i in dense]
+        self.b = [self._params[i].get("bias") for i in dense]
+        self.dW = [self._grads[i]["weight"] for i in dense]
+        self.db = [self._grads[i].get("bias") for i in dense]
 
     @property
     def n_params(self):
@@ -574,10 +581,7 @@ class Sequential:
     # -- pruning -------------------------------------------------------------------------
     def layer_sparsity(self):
         """Fraction of exactly-zero weights in each Linear layer."""
-        return [1.0 - np.count_nonzero(w) / w.size for w in self._linear_weights()]
-
-    def _linear_weights(self):
-        return [self._params[i]["weight"] for i, layer in enumerate(self.layers) if isinstance(layer, Linear)]
+        return [1.0 - np.count_nonzero(w) / w.size for w in self.W]
 
     def prune(self, sparsity, scope="global"):
         """Prune the Linear weights to ``sparsity`` by magnitude: over all weight
@@ -586,7 +590,7 @@ class Sequential:
         matrix to that sparsity (``"layer"``); exact counts.  Pruned weights
         stay 0 through later updates and pruning only ever grows.  Biases and
         BatchNorm parameters are never pruned."""
-        self.masks = prune.grow_masks(self._linear_weights(), sparsity, scope, self.masks)
+        self.masks = prune.grow_masks(self.W, sparsity, scope, self.masks)
         if self.optimizer is not None:
             self.optimizer.set_masks([self._flat_mask()])
 
@@ -601,7 +605,7 @@ class Sequential:
 
     def sparsity(self):
         """Fraction of exactly-zero Linear weights."""
-        ws = self._linear_weights()
+        ws = self.W
         total = sum(w.size for w in ws)
         return 1.0 - sum(np.count_nonzero(w) for w in ws) / total if total else 0.0
 
