@@ -1,19 +1,24 @@
-# The training step of fastwb.MLP as one compiled call.
+# The forward pass and the training step of a fastwb.nn.Sequential (and so
+# of fastwb.MLP) as one compiled call each.
 #
-# A StepPlan holds, for one batch size, every array a step touches (weights,
-# biases and their gradient views, layer outputs, scratch), the transposed
-# views the backward GEMMs need, and the thread count of every kernel, all
-# made once by fastwb/mlp.py.  forward / gradients then run the whole
-# sequence from C: GEMMs through NumPy's own C API (PyArray_MatrixProduct2,
-# i.e. np.dot with out=, so NumPy's BLAS and nothing else) and the fused
-# kernels of _dense and _losses through their pointer-level cores.  Python is
-# entered once per step.  Inputs are validated by fastwb/mlp.py.
+# A Plan holds, for one batch size, every array a step touches (parameters
+# and gradient views, stage outputs, scratch), the transposed views the
+# backward GEMMs need, and the thread count of every kernel, all made once
+# by fastwb/nn/plan.py.  forward / gradients then run the whole sequence from
+# C: GEMMs through NumPy's own C API (PyArray_MatrixProduct2, i.e. np.dot
+# with out=, so NumPy's BLAS and nothing else) and the fused kernels of
+# _dense, _norm and _losses through their pointer-level cores.  Python is
+# entered once per step.  Inputs are validated by fastwb/nn/sequential.py.
+
+import numpy as np
 
 cimport numpy as cnp
 from cython cimport floating
+from libc.string cimport memcpy
 
-from fastwb._dense cimport act_grad_colsum_2d, bias_act_2d, colsum_2d
-from fastwb._losses cimport xent_2d
+from fastwb._dense cimport act_1d, act_grad_1d, act_grad_colsum_2d, bias_act_2d, colsum_2d
+from fastwb._losses cimport bce_logits_2d, mse_2d, xent_2d
+from fastwb._norm cimport bn_backward_2d, bn_forward_2d, dropout_1d
 
 cnp.import_array()
 
@@ -21,105 +26,459 @@ cdef extern from "numpy/arrayobject.h":
     object PyArray_MatrixProduct2(object, object, cnp.ndarray)
 
 
+cdef inline void _gemm(tuple args) except *:
+    """np.dot(a, b, out=out) for args = (a, b, out), made once."""
+    PyArray_MatrixProduct2(args[0], args[1], <cnp.ndarray>args[2])
+
+
 cdef inline void *_data(object a):
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef class StepPlan:
-    """Arrays and thread counts of one training step for one batch size."""
-    cdef list W, b, dW, db, WT, a, aT, dz, ga, codes, nt_act, nt_col
-    cdef object row_loss
-    cdef int L, nt_loss
-    cdef bint f64
-    cdef double alpha
+# ---------------------------------------------------------------------------
+# Plan: dense stages (GEMM, bias + activation, dropout), batch-norm stages
+# (statistics, normalise + scale + shift + activate + drop in one kernel),
+# activation and dropout stages on their own, and the loss kernel (tested
+# bit for bit against the same kernels called one by one from Python, in
+# tests/test_engine_plan.py).  Every array and every transposed view is made
+# once, in __init__, by the caller (one Plan per workspace, i.e. per batch
+# size); a call allocates no array, apart from the transposed view of a new
+# input X that the first layer's weight gradient needs (kept while the same
+# X object comes back, as fit's gathered batch does).
+# ---------------------------------------------------------------------------
 
-    def __init__(self, W, b, dW, db, a, dz, ga, row_loss, codes, alpha, nt_act, nt_col, nt_loss):
-        self.W, self.b, self.dW, self.db = list(W), list(b), list(dW), list(db)
-        self.a, self.dz, self.ga = list(a), list(dz), list(ga)
-        self.WT = [w.T for w in self.W]
-        self.aT = [x.T for x in self.a]
-        self.row_loss = row_loss
-        self.codes = list(codes)
-        self.alpha = alpha
-        self.nt_act, self.nt_col, self.nt_loss = list(nt_act), list(nt_col), nt_loss
-        self.L = len(self.W)
-        self.f64 = self.W[0].dtype.itemsize == 8
+cdef enum:
+    _DENSE = 0
+    _BN = 1
+    _ACT = 2
+    _DROPOUT = 3
 
-    def forward(self, X):
-        """Logits of the batch X (a view of the plan's last layer output)."""
+cdef enum:
+    _XENT = 0
+    _MSE = 1
+    _BCE = 2
+
+_KINDS = {"dense": _DENSE, "bn": _BN, "act": _ACT, "dropout": _DROPOUT}
+_LOSSES = {"cross_entropy": _XENT, "mse": _MSE, "bce_with_logits": _BCE}
+
+
+cdef inline void *_ptr(object a) noexcept:
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef class _PlanStage:
+    """One fused stage of a Plan: its arrays (kept alive here), their data
+    pointers, its transposed views and its scalars."""
+    cdef int kind, code, nt_act, nt_col, nt_drop, nt_bn, track, nbt_index, cumulative
+    cdef double alpha, p, eps, momentum
+    cdef unsigned long long seed
+    cdef Py_ssize_t w_in, w_out, size
+    # arrays (objects: the GEMMs take ndarrays; also keep the memory alive)
+    cdef object out, outT, pre, grad_in, work, weight, weightT, dweight
+    # a dense stage's GEMM arguments (a, b, out), [0] in eval mode, [1] in training (dropout
+    # changes where the forward writes and which gradient the backward reads); stage 0's
+    # forward and weight-gradient arguments depend on X and live in the Plan
+    cdef tuple fwd, dw, gx
+    cdef object bias, dbias, gamma, beta, dgamma, dbeta, rmean, rvar, mean, invstd
+    # their data
+    cdef void *p_out
+    cdef void *p_pre
+    cdef void *p_grad_in
+    cdef void *p_work
+    cdef void *p_bias
+    cdef void *p_dbias
+    cdef void *p_gamma
+    cdef void *p_beta
+    cdef void *p_dgamma
+    cdef void *p_dbeta
+    cdef void *p_rmean
+    cdef void *p_rvar
+    cdef void *p_mean
+    cdef void *p_invstd
+
+
+def _array(d, key, shape, dtype, k, optional=False):
+    a = d.get(key)
+    if a is None:
+        if optional:
+            return None
+        raise ValueError(f"stage {k}: {key!r} is missing")
+    if not isinstance(a, cnp.ndarray) or a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous \
+            or not a.flags.writeable or not a.flags.aligned:
+        got = f"{a.dtype} {a.shape}" if isinstance(a, cnp.ndarray) else type(a).__name__
+        raise ValueError(f"stage {k}: {key!r} must be a writable C-contiguous {dtype} array of shape {shape}, "
+                         f"got {got}")
+    return a
+
+
+cdef class Plan:
+    """The compiled forward pass and training step of a fastwb.nn.Sequential
+    for one batch size.
+
+    Plan(stages, grad_out, row_loss, loss, nt_loss, nbt)
+
+    stages: one dict per fused stage (see fastwb/nn/plan.py), keys
+      kind ("dense" | "bn" | "act" | "dropout"), code, alpha, p, seed,
+      out (n, w_out), pre (n, w_out) or None, grad_in (n, w_in), work (n, w_out),
+      nt_act, nt_col, nt_drop, nt_bn;
+      dense: weight (w_in, w_out), bias (w_out,) or None, dweight (w_in, w_out),
+      dbias (w_out,) (a scratch vector when bias is None);
+      bn: gamma, beta, dgamma, dbeta (or None: affine=False), running_mean,
+      running_var (or None: not tracking), mean, invstd (w_out,), eps, momentum
+      (None: cumulative average), track, nbt_index (-1 when not tracking).
+    grad_out (n, out_features): the loss gradient; row_loss: float64 (n,)
+    workspace; loss: "cross_entropy" | "mse" | "bce_with_logits"; nt_loss: the
+    loss kernel's threads; nbt: the model's int64 num_batches_tracked.
+    A forward-only plan (inference) has grad_in, work, dweight, dbias (and
+    pre) None in every stage: its gradients() raises RuntimeError.
+
+    Arrays are checked here, once; forward / gradients trust their X (C-
+    contiguous (n, in_features), the model's dtype) and y (intp labels (n,)
+    for cross_entropy, else the model's dtype shaped like the output).  Not
+    thread-safe: one Plan per thread."""
+    cdef list stages
+    cdef int L, loss_kind, nt_loss, typenum
+    cdef bint f64, forward_only
+    cdef Py_ssize_t n, w_first, w_last
+    cdef object grad_out, row_loss, nbt, last_out
+    cdef object x_last
+    cdef tuple x_fwd, x_dw
+    cdef long long *p_nbt
+
+    def __init__(self, stages, grad_out, row_loss, loss, int nt_loss, nbt):
+        cdef _PlanStage s
+        cdef Py_ssize_t n, w_in, w_out, k
+        stages = list(stages)
+        if not stages:
+            raise ValueError("a Plan needs at least one stage")
+        if loss not in _LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid names are {', '.join(_LOSSES)}")
+        first = stages[0]["out"]
+        if not isinstance(first, cnp.ndarray) or first.ndim != 2 or first.dtype not in (np.float32, np.float64):
+            raise ValueError("stage 0: 'out' must be a float32 or float64 (n, width) array")
+        dt = first.dtype
+        n = first.shape[0]
+        if n < 1:
+            raise ValueError("a Plan needs a batch of at least one row")
+        nbt = np.asarray(nbt)
+        if nbt.dtype != np.int64 or nbt.ndim != 1 or not nbt.flags.c_contiguous or not nbt.flags.writeable:
+            raise ValueError("nbt must be a writable C-contiguous 1-d int64 array")
+        self.stages = []
+        self.forward_only = stages[0].get("grad_in") is None
+        w_in = -1
+        for k, d in enumerate(stages):
+            s = _PlanStage()
+            kind = d["kind"]
+            if kind not in _KINDS:
+                raise ValueError(f"stage {k}: unknown kind {kind!r}")
+            s.kind = _KINDS[kind]
+            s.code = int(d["code"])
+            if not 0 <= s.code <= 4:
+                raise ValueError(f"stage {k}: unknown activation code {s.code}")
+            s.alpha = float(d["alpha"])
+            s.p = float(d["p"])
+            if not 0.0 <= s.p < 1.0:
+                raise ValueError(f"stage {k}: dropout probability {s.p} is not in [0, 1)")
+            s.seed = int(d["seed"])
+            for name in ("nt_act", "nt_col", "nt_drop", "nt_bn"):
+                if int(d[name]) < 1:
+                    raise ValueError(f"stage {k}: {name} must be >= 1")
+            s.nt_act, s.nt_col, s.nt_drop, s.nt_bn = int(d["nt_act"]), int(d["nt_col"]), int(d["nt_drop"]), \
+                int(d["nt_bn"])
+            out = d["out"]
+            if not isinstance(out, cnp.ndarray) or out.ndim != 2:
+                raise ValueError(f"stage {k}: 'out' must be a 2-d array")
+            w_out = out.shape[1]
+            if s.kind == _DENSE:
+                wt = d["weight"]
+                if not isinstance(wt, cnp.ndarray) or wt.ndim != 2:
+                    raise ValueError(f"stage {k}: 'weight' must be a 2-d array")
+                w = wt.shape[0]
+            else:
+                w = w_out
+            if w_in >= 0 and w != w_in:
+                raise ValueError(f"stage {k} takes {w} features but stage {k - 1} gives {w_in}")
+            s.w_in, s.w_out, s.size = w, w_out, n * w_out
+            s.out = _array(d, "out", (n, w_out), dt, k)
+            s.outT = s.out.T
+            s.grad_in = _array(d, "grad_in", (n, w), dt, k, optional=self.forward_only)
+            s.work = _array(d, "work", (n, w_out), dt, k, optional=self.forward_only)
+            if self.forward_only and (s.grad_in is not None or s.work is not None):
+                raise ValueError(f"stage {k}: a forward-only plan (no grad_in in stage 0) has no grad_in or work")
+            s.pre = _array(d, "pre", (n, w_out), dt, k, optional=True)
+            if s.p and s.kind in (_DENSE, _ACT) and s.pre is None and not self.forward_only:
+                raise ValueError(f"stage {k}: a {kind} stage with dropout needs 'pre'")
+            if s.kind == _DENSE:
+                s.weight = _array(d, "weight", (w, w_out), dt, k)
+                s.weightT = s.weight.T
+                s.dweight = _array(d, "dweight", (w, w_out), dt, k, optional=self.forward_only)
+                s.bias = _array(d, "bias", (w_out,), dt, k, optional=True)
+                s.dbias = _array(d, "dbias", (w_out,), dt, k, optional=self.forward_only)
+            elif s.kind == _BN:
+                s.gamma = _array(d, "gamma", (w_out,), dt, k, optional=True)
+                s.beta = _array(d, "beta", (w_out,), dt, k, optional=(s.gamma is None))
+                s.dgamma = _array(d, "dgamma", (w_out,), dt, k, optional=(s.gamma is None))
+                s.dbeta = _array(d, "dbeta", (w_out,), dt, k, optional=(s.gamma is None))
+                if s.gamma is None and not (s.beta is None and s.dgamma is None and s.dbeta is None):
+                    raise ValueError(f"stage {k}: gamma, beta, dgamma and dbeta are all given or all None")
+                s.mean = _array(d, "mean", (w_out,), dt, k)
+                s.invstd = _array(d, "invstd", (w_out,), dt, k)
+                s.eps = float(d["eps"])
+                s.track = bool(d["track"])
+                s.nbt_index = int(d["nbt_index"]) if s.track else -1
+                if s.track:
+                    s.rmean = _array(d, "running_mean", (w_out,), dt, k)
+                    s.rvar = _array(d, "running_var", (w_out,), dt, k)
+                    if not 0 <= s.nbt_index < nbt.shape[0]:
+                        raise ValueError(f"stage {k}: nbt_index {s.nbt_index} is outside nbt "
+                                         f"({nbt.shape[0]} entries)")
+                mom = d["momentum"]
+                s.cumulative = mom is None
+                s.momentum = 0.0 if mom is None else float(mom)
+            elif w != w_out:
+                raise ValueError(f"stage {k}: an {kind} stage keeps the width, got {w} -> {w_out}")
+            s.p_out, s.p_pre, s.p_grad_in, s.p_work = _ptr(s.out), _ptr(s.pre), _ptr(s.grad_in), _ptr(s.work)
+            s.p_bias, s.p_dbias = _ptr(s.bias), _ptr(s.dbias)
+            s.p_gamma, s.p_beta, s.p_dgamma, s.p_dbeta = _ptr(s.gamma), _ptr(s.beta), _ptr(s.dgamma), _ptr(s.dbeta)
+            s.p_rmean, s.p_rvar, s.p_mean, s.p_invstd = _ptr(s.rmean), _ptr(s.rvar), _ptr(s.mean), _ptr(s.invstd)
+            self.stages.append(s)
+            w_in = w_out
+        self.L = len(self.stages)
+        self.n = n
+        self.w_first = (<_PlanStage>self.stages[0]).w_in
+        self.typenum = cnp.NPY_DOUBLE if dt == np.float64 else cnp.NPY_FLOAT
+        self.w_last = w_in
+        self.f64 = dt == np.float64
+        self.grad_out = _array({"grad_out": grad_out}, "grad_out", (n, w_in), dt, self.L - 1)
+        self.row_loss = _array({"row_loss": row_loss}, "row_loss", (n,), np.float64, self.L - 1)
+        self.loss_kind = _LOSSES[loss]
+        if nt_loss < 1:
+            raise ValueError("nt_loss must be >= 1")
+        self.nt_loss = nt_loss
+        self.nbt = nbt
+        self.p_nbt = <long long *>_ptr(nbt)
+        self.last_out = (<_PlanStage>self.stages[self.L - 1]).out
+        self.x_last = None
+        self.x_fwd = self.x_dw = None
+        # the GEMMs' argument tuples
+        for k in range(self.L):
+            s = <_PlanStage>self.stages[k]
+            if s.kind != _DENSE:
+                continue
+            g_in = self.grad_out if k == self.L - 1 else (<_PlanStage>self.stages[k + 1]).grad_in
+            g = (g_in, s.work if s.p else g_in)          # the gradient the GEMMs read, eval / training
+            dst = (s.out, s.pre if s.p else s.out)        # where the forward GEMM writes, eval / training
+            if k > 0:
+                prev = <_PlanStage>self.stages[k - 1]
+                s.fwd = ((prev.out, s.weight, dst[0]), (prev.out, s.weight, dst[1]))
+                if not self.forward_only:
+                    s.dw = ((prev.outT, g[0], s.dweight), (prev.outT, g[1], s.dweight))
+            else:
+                s.fwd = (dst, )     # completed with X by _bind_x
+                s.dw = (g, )
+            if not self.forward_only:
+                s.gx = ((g[0], s.weightT, s.grad_in), (g[1], s.weightT, s.grad_in))
+
+    def forward(self, X, bint training, unsigned long long step):
+        """Output of the batch X (a view of the last stage's output buffer): in
+        training, batch statistics (running statistics and num_batches_tracked
+        updated) and dropout with the masks of `step`."""
+        _check_x(self, X)
+        _bind_x(self, X)
+        if training and self.forward_only:
+            raise RuntimeError("a forward-only plan runs in inference mode only")
         if self.f64:
-            _forward(self, X, <double>0)
+            _plan_forward(self, X, training, step, <double>0)
         else:
-            _forward(self, X, <float>0)
-        return self.a[self.L - 1]
+            _plan_forward(self, X, training, step, <float>0)
+        return self.last_out
 
-    def gradients(self, X, y, bint input_gradient=False):
-        """Forward, mean softmax cross-entropy against y, backward: fills the
-        weight and bias gradients (and the input gradient when asked, in the
-        plan's ga[0]).  Returns the mean loss."""
+    def gradients(self, X, y, bint training, unsigned long long step, bint weights=True,
+                  bint input_gradient=False):
+        """Forward, mean loss against y, backward from its gradient: parameter
+        gradients unless `weights` is False, the input gradient into stage 0's
+        grad_in when `input_gradient`.  Returns the mean loss."""
+        if self.forward_only:
+            raise RuntimeError("a forward-only plan has no backward pass")
+        _check_x(self, X)
+        _check_y(self, y)
+        _bind_x(self, X)
         if self.f64:
-            return _gradients(self, X, y, input_gradient, <double>0)
-        return _gradients(self, X, y, input_gradient, <float>0)
+            return _plan_gradients(self, X, y, training, step, weights, input_gradient, <double>0)
+        return _plan_gradients(self, X, y, training, step, weights, input_gradient, <float>0)
 
 
-cdef void _forward(StepPlan p, object X, floating kind):
-    cdef object inp = X, out
-    cdef Py_ssize_t l, n = X.shape[0], m
+cdef inline bint _is_block(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols):
+    """a is a C-contiguous, aligned ndarray of type typenum and shape (rows, cols), or (rows,) for cols < 0."""
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_Check(a):
+        return False
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr):
+        return False
+    if cols < 0:
+        return cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_DIM(arr, 0) == rows
+    return cnp.PyArray_NDIM(arr) == 2 and cnp.PyArray_DIM(arr, 0) == rows and cnp.PyArray_DIM(arr, 1) == cols
+
+
+cdef int _bind_x(Plan P, object X) except -1:
+    """Stage 0's GEMM arguments for the input X (remade only when another X object comes)."""
+    cdef _PlanStage s = <_PlanStage>P.stages[0]
+    if X is P.x_last:
+        return 0
+    P.x_last = X
+    if s.kind == _DENSE:
+        dst, g = s.fwd[0], s.dw[0]
+        P.x_fwd = ((X, s.weight, dst[0]), (X, s.weight, dst[1]))
+        if not P.forward_only:
+            P.x_dw = ((X.T, g[0], s.dweight), (X.T, g[1], s.dweight))
+    return 0
+
+
+cdef int _check_x(Plan P, object X) except -1:
+    # a few C tests against a crash from a wrong argument; the caller has
+    # already validated X with messages in the user's words
+    if not _is_block(X, P.typenum, P.n, P.w_first):
+        raise ValueError(f"X must be a C-contiguous {'float64' if P.f64 else 'float32'} array of shape "
+                         f"({P.n}, {P.w_first})")
+    return 0
+
+
+cdef int _check_y(Plan P, object y) except -1:
+    if P.loss_kind == _XENT:
+        if not _is_block(y, cnp.NPY_INTP, P.n, -1):
+            raise ValueError(f"y must be a C-contiguous intp array of shape ({P.n},)")
+    elif not _is_block(y, P.typenum, P.n, P.w_last):
+        raise ValueError(f"y must be a C-contiguous {'float64' if P.f64 else 'float32'} array of shape "
+                         f"({P.n}, {P.w_last})")
+    return 0
+
+
+cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step, floating kind):
+    cdef _PlanStage s
+    cdef Py_ssize_t k, n = P.n, m, size
+    cdef const floating *x = <const floating *>_data(X)
     cdef floating *y
-    cdef const floating *bias
-    cdef int code, nt
-    for l in range(p.L):
-        out = p.a[l]
-        PyArray_MatrixProduct2(inp, p.W[l], out)
-        y = <floating *>_data(out)
-        bias = <const floating *>_data(p.b[l])
-        m = out.shape[1]
-        code = p.codes[l]
-        nt = p.nt_act[l]
-        with nogil:
-            bias_act_2d(y, bias, y, n, m, code, p.alpha, nt)
-        inp = out
-
-
-cdef double _gradients(StepPlan p, object X, object y, bint input_gradient, floating kind):
-    cdef Py_ssize_t n = X.shape[0], l, m
-    cdef object logits, g, dz, inp_t
-    cdef double loss
-    cdef int code, nt
-    cdef const floating *zp
-    cdef const floating *gp
-    cdef const floating *ap
-    cdef floating *dzp
-    cdef floating *dbp
-    cdef const Py_ssize_t *labels = <const Py_ssize_t *>_data(y)
-    cdef double *row_loss = <double *>_data(p.row_loss)
-    _forward(p, X, kind)
-    logits = p.a[p.L - 1]
-    m = logits.shape[1]
-    g = p.dz[p.L - 1]
-    zp = <const floating *>_data(logits)
-    dzp = <floating *>_data(g)
-    with nogil:
-        loss = xent_2d(zp, labels, dzp, row_loss, n, m, p.nt_loss)
-    for l in range(p.L - 1, -1, -1):
-        code = p.codes[l]
-        nt = p.nt_col[l]
-        m = p.a[l].shape[1]
-        gp = <const floating *>_data(g)
-        dbp = <floating *>_data(p.db[l])
-        if code == 0:      # identity: dz is the incoming gradient itself
-            dz = g
+    cdef floating *out
+    cdef double p, factor
+    cdef bint batch_stats
+    cdef long long *nbt
+    for k in range(P.L):
+        s = <_PlanStage>P.stages[k]
+        p = s.p if training else 0.0
+        m = s.w_out
+        size = s.size
+        out = <floating *>s.p_out
+        if s.kind == _DENSE:
+            y = <floating *>s.p_pre if p else out
+            _gemm(<tuple>(P.x_fwd if k == 0 else s.fwd)[1 if p else 0])
+            if s.p_bias != NULL or s.code:
+                with nogil:
+                    bias_act_2d(<const floating *>y, <const floating *>s.p_bias, y, n, m, s.code, s.alpha, s.nt_act)
+            if p:
+                with nogil:
+                    dropout_1d(<const floating *>y, out, size, 0, p, s.seed, step, s.nt_drop)
+        elif s.kind == _BN:
+            batch_stats = training or not s.track
+            factor = 0.0
+            if training and s.track:
+                nbt = P.p_nbt + s.nbt_index
+                nbt[0] += 1
+                factor = 1.0 / <double>nbt[0] if s.cumulative else s.momentum
             with nogil:
-                colsum_2d(gp, dbp, n, m, nt)
+                bn_forward_2d(x, out, n, m, <floating *>s.p_mean, <floating *>s.p_invstd,
+                              <const floating *>s.p_gamma, <const floating *>s.p_beta,
+                              <floating *>s.p_rmean, <floating *>s.p_rvar, factor, s.eps, batch_stats,
+                              s.code, s.alpha, p, s.seed, step, s.nt_bn)
+        elif s.kind == _ACT:
+            y = <floating *>s.p_pre if p else out
+            with nogil:
+                act_1d(x, y, size, s.code, s.alpha, s.nt_act)
+                if p:
+                    dropout_1d(<const floating *>y, out, size, 0, p, s.seed, step, s.nt_drop)
+        elif p:
+            with nogil:
+                dropout_1d(x, out, size, 0, p, s.seed, step, s.nt_drop)
         else:
-            dz = p.dz[l]
-            ap = <const floating *>_data(p.a[l])
-            dzp = <floating *>_data(dz)
             with nogil:
-                act_grad_colsum_2d(gp, ap, dzp, dbp, n, m, code, p.alpha, nt)
-        inp_t = X.T if l == 0 else p.aT[l - 1]
-        PyArray_MatrixProduct2(inp_t, dz, p.dW[l])
-        if l > 0 or input_gradient:
-            PyArray_MatrixProduct2(dz, p.WT[l], p.ga[l])
-            g = p.ga[l]
+                memcpy(out, x, size * sizeof(floating))
+        x = <const floating *>out
+
+
+cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned long long step, bint weights,
+                            bint input_gradient, floating kind):
+    cdef _PlanStage s
+    cdef Py_ssize_t k, n = P.n, m = P.w_last, size
+    cdef double loss, p
+    cdef floating *g
+    cdef floating *gx
+    cdef const floating *x
+    cdef const floating *a
+    cdef const floating *z
+    cdef floating *grad
+    cdef double *row_loss = <double *>_data(P.row_loss)
+    cdef const void *target = _data(y)
+    cdef bint batch_stats
+    _plan_forward(P, X, training, step, kind)
+    z = <const floating *>(<_PlanStage>P.stages[P.L - 1]).p_out
+    grad = <floating *>_data(P.grad_out)
+    with nogil:
+        if P.loss_kind == _XENT:
+            loss = xent_2d(z, <const Py_ssize_t *>target, grad, row_loss, n, m, P.nt_loss)
+        elif P.loss_kind == _MSE:
+            loss = mse_2d(z, <const floating *>target, grad, row_loss, n, m, P.nt_loss)
+        else:
+            loss = bce_logits_2d(z, <const floating *>target, <const floating *>NULL, grad, row_loss, n, m,
+                                 P.nt_loss)
+    g = grad
+    for k in range(P.L - 1, -1, -1):
+        s = <_PlanStage>P.stages[k]
+        p = s.p if training else 0.0
+        m = s.w_out
+        size = s.size
+        x = <const floating *>(_data(X) if k == 0 else (<_PlanStage>P.stages[k - 1]).p_out)
+        gx = <floating *>s.p_grad_in
+        if s.kind == _DENSE:
+            if p:
+                with nogil:
+                    dropout_1d(<const floating *>g, <floating *>s.p_work, size, 0, p, s.seed, step, s.nt_drop)
+                g = <floating *>s.p_work
+            a = <const floating *>(s.p_pre if p else s.p_out)
+            if weights:
+                with nogil:
+                    if s.code:
+                        act_grad_colsum_2d(<const floating *>g, a, g, <floating *>s.p_dbias, n, m, s.code,
+                                           s.alpha, s.nt_col)
+                    else:
+                        colsum_2d(<const floating *>g, <floating *>s.p_dbias, n, m, s.nt_col)
+                _gemm(<tuple>(P.x_dw if k == 0 else s.dw)[1 if p else 0])
+            elif s.code:
+                with nogil:
+                    act_grad_1d(<const floating *>g, a, g, size, s.code, s.alpha, s.nt_act)
+            if k > 0 or input_gradient:
+                _gemm(<tuple>s.gx[1 if p else 0])
+        elif s.kind == _BN:
+            batch_stats = training or not s.track
+            with nogil:
+                bn_backward_2d(<const floating *>g, x, <floating *>s.p_work, gx, n, m,
+                               <const floating *>s.p_mean, <const floating *>s.p_invstd,
+                               <const floating *>s.p_gamma, <const floating *>s.p_beta,
+                               <floating *>s.p_dgamma if weights else NULL,
+                               <floating *>s.p_dbeta if weights else NULL,
+                               batch_stats, s.code, s.alpha, p, s.seed, step, s.nt_bn)
+        elif s.kind == _ACT:
+            if p:
+                with nogil:
+                    dropout_1d(<const floating *>g, <floating *>s.p_work, size, 0, p, s.seed, step, s.nt_drop)
+                g = <floating *>s.p_work
+            a = <const floating *>(s.p_pre if p else s.p_out)
+            with nogil:
+                act_grad_1d(<const floating *>g, a, gx, size, s.code, s.alpha, s.nt_act)
+        elif p:
+            with nogil:
+                dropout_1d(<const floating *>g, gx, size, 0, p, s.seed, step, s.nt_drop)
+        else:
+            with nogil:
+                memcpy(gx, g, size * sizeof(floating))
+        g = gx
     return loss

@@ -415,18 +415,23 @@ def _dropout_case(n, p, dtype, threads):
     return out
 
 
-BN_MODEL = [784, 256, 10]
+BN_MODEL = [784, 256, 10]          # hidden layers: Linear -> BatchNorm1d -> ReLU -> Dropout(0.2)
+BN_TINY = [16, 32, 32, 4]          # hidden layers: Linear -> BatchNorm1d -> ReLU
 
 
-def bn_model(dtype=np.float32):
-    """The issue's 784-256(BatchNorm1d, ReLU, Dropout 0.2)-10 model in fastwb.nn."""
+def bn_model(dtype=np.float32, sizes=BN_MODEL, p=0.2):
+    """issue 9's BatchNorm models in fastwb.nn: every hidden layer Linear ->
+    BatchNorm1d -> ReLU [-> Dropout(p)], a Linear output, Adam lr 1e-3."""
     from fastwb import nn
 
-    return nn.Sequential(nn.Linear(784, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 10),
-                         dtype=dtype, rng=0).compile("adam", lr=1e-3)
+    layers = []
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU()] + ([nn.Dropout(p)] if p else [])
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers, dtype=dtype, rng=0).compile("adam", lr=1e-3)
 
 
-def torch_bn_model_step(batch, dtype=np.float32, X=None, y=None):
+def torch_bn_model_step(batch, dtype=np.float32, X=None, y=None, sizes=BN_MODEL, p=0.2):
     """The same model and step in PyTorch (fused Adam); None without PyTorch."""
     torch = _torch()
     if torch is None:
@@ -434,12 +439,15 @@ def torch_bn_model_step(batch, dtype=np.float32, X=None, y=None):
     torch.manual_seed(0)
     tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
     t = torch.nn
-    net = t.Sequential(t.Linear(784, 256, dtype=tdtype), t.BatchNorm1d(256, dtype=tdtype), t.ReLU(), t.Dropout(0.2),
-                       t.Linear(256, 10, dtype=tdtype))
+    layers = []
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+        layers += [t.Linear(n_in, n_out, dtype=tdtype), t.BatchNorm1d(n_out, dtype=tdtype), t.ReLU()]
+        layers += [t.Dropout(p)] if p else []
+    net = t.Sequential(*layers, t.Linear(sizes[-2], sizes[-1], dtype=tdtype))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((batch, 784)).astype(dtype) if X is None else X
-    y = rng.integers(0, 10, batch) if y is None else y
+    X = rng.standard_normal((batch, sizes[0])).astype(dtype) if X is None else X
+    y = rng.integers(0, sizes[-1], batch) if y is None else y
     x, labels = torch.from_numpy(X), torch.from_numpy(np.asarray(y, np.int64))
 
     def step():
@@ -449,17 +457,17 @@ def torch_bn_model_step(batch, dtype=np.float32, X=None, y=None):
     return step
 
 
-def _bn_train_case(batch, dtype, threads):
+def _bn_train_case(batch, dtype, threads, sizes=BN_MODEL, p=0.2):
     from fastwb.reference import nn as rnn
 
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((batch, 784)).astype(dtype)
-    y = rng.integers(0, 10, batch)
-    model = bn_model(dtype)
+    X = rng.standard_normal((batch, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], batch)
+    model = bn_model(dtype, sizes, p)
     twin = rnn.Sequential(model.layers, model.state_dict(), model.seed).compile("adam", lr=1e-3)
     out = {"fastwb": lambda: model.train_step(X, y), "numpy": lambda: twin.train_step(X, y),
-           "gemms": step_gemms(BN_MODEL, batch, dtype)}
-    step = torch_bn_model_step(batch, dtype, X, y)
+           "gemms": step_gemms(sizes, batch, dtype)}
+    step = torch_bn_model_step(batch, dtype, X, y, sizes, p)
     if step is not None:
         torch = _torch()
         torch.set_num_threads(threads)
@@ -535,6 +543,8 @@ def cases(quick, dtypes):
                     3 * size * big))
         out.append(("train step 784-256bn-10 b128", dt, lambda t, d=dt: _bn_train_case(128, d, t), "GFLOP/s",
                     _train_flops(BN_MODEL, 128)))
+        out.append(("train step 16-32bn-32bn-4 b32", dt, lambda t, d=dt: _bn_train_case(32, d, t, BN_TINY, 0.0),
+                    "GFLOP/s", _train_flops(BN_TINY, 32)))
         models = [([784, 256, 10], 128), ([16, 32, 32, 4], 32)]
         if not quick and np.dtype(dt) == np.float32:
             models.append(([4096, 4096, 4096, 10], 512))
@@ -730,14 +740,15 @@ for sizes, b in (([784, 256, 10], 128), ([16, 32, 32, 4], 32)):
         X = np.random.default_rng(0).standard_normal((b, sizes[0])).astype(np.float32)
         y = np.zeros(b, np.intp)
         out[key] = med(lambda: m.train_step(X, y), 100 if quick else 300)
-key = "train step 784-256bn-10 b128"
-if which == "torch":
-    out[key] = med(benchmark.torch_bn_model_step(128), 100 if quick else 300)
-else:
-    X = np.random.default_rng(0).standard_normal((128, 784)).astype(np.float32)
-    y = np.zeros(128, np.intp)
-    m = benchmark.bn_model()
-    out[key] = med(lambda: m.train_step(X, y), 100 if quick else 300)
+for key, sizes, b, p in (("train step 784-256bn-10 b128", benchmark.BN_MODEL, 128, 0.2),
+                         ("train step 16-32bn-32bn-4 b32", benchmark.BN_TINY, 32, 0.0)):
+    if which == "torch":
+        out[key] = med(benchmark.torch_bn_model_step(b, sizes=sizes, p=p), 100 if quick else 300)
+    else:
+        X = np.random.default_rng(0).standard_normal((b, sizes[0])).astype(np.float32)
+        y = np.zeros(b, np.intp)
+        m = benchmark.bn_model(sizes=sizes, p=p)
+        out[key] = med(lambda: m.train_step(X, y), 100 if quick else 300)
 key = f"Adam step {n >> 20}M"
 if which == "torch":
     p = torch.zeros(n, requires_grad=True); p.grad = torch.full((n,), 0.01)
@@ -1240,6 +1251,8 @@ def targets(report):
     vs_torch("train step 784-256-10 b128", "train step 784-256-10 f32: >= 1.5x faster than PyTorch (fused Adam)",
              lambda x: x >= 1.5)
     vs_torch("train step 16-32-32-4 b32", "tiny MLP step: >= 10x faster than PyTorch", lambda x: x >= 10)
+    vs_torch("train step 16-32bn-32bn-4 b32", "tiny step 16-32-32-4 with BatchNorm1d: >= 10x faster than PyTorch",
+             lambda x: x >= 10)
     vs_torch(f"Adam step {big}", f"Adam {big} f32: faster than PyTorch's fused Adam", lambda x: x > 1)
     vs_torch("train step 784-256bn-10 b128", "train step 784-256(BatchNorm1d, ReLU, Dropout)-10 f32: >= 1.5x faster "
              "than PyTorch", lambda x: x >= 1.5)

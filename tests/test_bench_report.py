@@ -316,10 +316,10 @@ def test_early_late_times_alternate():
 def test_batchnorm_dropout_and_bn_model_cases_run():
     """Every contender of the issue-9 comparisons runs once (small sizes)."""
     for contenders in (B._bn_case(8, 16, np.float32, 1), B._dropout_case(1000, 0.2, np.float32, 1),
-                       B._bn_train_case(16, np.float32, 1)):
+                       B._bn_train_case(16, np.float32, 1), B._bn_train_case(8, np.float32, 1, B.BN_TINY, 0.0)):
         assert {"fastwb", "numpy"} <= set(contenders)
         for fn in contenders.values():
             fn()
     names = [c[0] for c in B.cases(True, ("float32",))]
     assert {"BatchNorm1d fwd+bwd 128x256", "BatchNorm1d fwd+bwd 4096x1024", "dropout p0.2 1M",
-            "train step 784-256bn-10 b128"} <= set(names)
+            "train step 784-256bn-10 b128", "train step 16-32bn-32bn-4 b32"} <= set(names)

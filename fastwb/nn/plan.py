@@ -89,7 +89,6 @@ def stages(layers):
         if kind == "act":
             st.act, st.alpha = layer.activation, _slope(layer)
         elif kind in ("dense", "bn") and isinstance(nxt, _Activation):
-            # Linear -> activation fuses, except before a BatchNorm (which needs the raw GEMM output)
             st.act, st.alpha = nxt.activation, _slope(nxt)
             st.layers.append(i)
             i += 1
@@ -141,22 +140,35 @@ class Workspace:
         self.nt_loss = model.loss.threads(n * model.out_features)
         self.x = np.empty((n, model.in_features), dt) if training else None     # fit's gathered batch
         self.y = None                                                             # fit's gathered targets
-        self.plan = _step_plan(model, self) if model._dense_chain(training) else None
+        # the compiled forward pass and step over these arrays (forward only for inference)
+        self.plan = _engine.Plan(_stage_dicts(model, self), self.grad_out, self.row_loss, model.loss.name,
+                                 self.nt_loss, model.num_batches_tracked)
 
 
-def _step_plan(model, ws):
-    """The compiled one-call step (fastwb/_engine.pyx) of a chain of Linear ->
-    activation stages with a cross-entropy loss (forward only in an inference
-    workspace)."""
-    n = ws.n
-    idx = [st.index for st in model._plan]
-    work = ws.work if ws.training else [None] * (len(idx) - 1) + [ws.grad_out]
-    grad_in = ws.grad_in if ws.training else [None] * len(idx)
-    return _engine.StepPlan([model._params[i]["weight"] for i in idx], [model._params[i]["bias"] for i in idx],
-                            [model._grads[i]["weight"] for i in idx], [model._grads[i]["bias"] for i in idx],
-                            ws.out, work, grad_in, ws.row_loss, [st.code for st in model._plan],
-                            next((st.alpha for st in model._plan if st.act == "leaky_relu"), 0.01),
-                            ws.nt_act, ws.nt_col, plan_threads(n * model.out_features, GRAIN_COMPUTE))
+def _stage_dicts(model, ws):
+    """The stages of the compiled plan (:class:`fastwb._engine.Plan`) for ``model``
+    and its workspace ``ws``: each stage's kind, activation, dropout, arrays,
+    parameters, gradients (None in an inference workspace), running statistics
+    and thread counts."""
+    out = []
+    for k, st in enumerate(model._plan):
+        prm, grd, buf = model._params[st.index], model._grads[st.index], model._buffers[st.index]
+        d = {"kind": st.kind, "code": st.code, "alpha": float(st.alpha), "p": float(st.p), "seed": model._seed(st),
+             "out": ws.out[k], "pre": ws.pre[k], "grad_in": ws.grad_in[k], "work": ws.work[k],
+             "nt_act": ws.nt_act[k], "nt_col": ws.nt_col[k], "nt_drop": ws.nt_drop[k], "nt_bn": ws.nt_bn[k]}
+        if st.kind == "dense":
+            d.update(weight=prm["weight"], bias=prm.get("bias"))
+            if ws.training:
+                d.update(dweight=grd["weight"], dbias=grd["bias"] if "bias" in grd else ws.gb[k])
+        elif st.kind == "bn":
+            layer = st.layer
+            d.update(gamma=prm.get("weight"), beta=prm.get("bias"), dgamma=grd.get("weight"),
+                     dbeta=grd.get("bias"), running_mean=buf.get("running_mean"),
+                     running_var=buf.get("running_var"), mean=ws.mean[k], invstd=ws.invstd[k], eps=layer.eps,
+                     momentum=layer.momentum, track=layer.track_running_stats,
+                     nbt_index=model._nbt_index.get(st.index, -1))
+        out.append(d)
+    return out
 
 
 class WorkspacePool:

@@ -34,8 +34,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from fastwb import _dense, _io, _norm, functional, init, optim, prune
-from fastwb._validate import ACTIVATIONS, FLOAT_DTYPES, check_int
+from fastwb import _io, functional, init, optim, prune
+from fastwb._validate import FLOAT_DTYPES, check_int
 from fastwb.nn import losses as _losses
 from fastwb.nn.layers import BatchNorm1d, Layer, Linear, layer_from_config
 from fastwb.nn.plan import MODELS, TRAIN_SIZES, Workspace, WorkspacePool, stages, trains
@@ -216,7 +216,8 @@ class Sequential:
         (``"cross_entropy"``, ``"mse"``, ``"bce_with_logits"``; unchanged when None)."""
         if loss is not None:
             self.loss = _losses.get(loss)
-            self._workspaces = {}           # the compiled plan depends on the loss
+            self._workspaces.clear()        # the compiled plans depend on the loss
+            self._pool = WorkspacePool()
         if isinstance(optimizer, optim.Optimizer):
             if len(optimizer.params) != 1 or optimizer.params[0] is not self.params:
                 raise ValueError("the optimizer must be built over [model.params], the model's one buffer")
@@ -251,119 +252,30 @@ class Sequential:
         return ws
 
     # -- the plan ------------------------------------------------------------------------
-    def _dense_chain(self, training=True):
-        """True when the model is Linear (with bias) -> activation stages only,
-        without dropout, ending in a linear output, with one leaky slope (and for
-        training a cross-entropy loss): then a forward pass or a step is one
-        compiled call (:func:`fastwb.nn.plan._step_plan`)."""
-        alphas = {st.alpha for st in self._plan if st.act == "leaky_relu"}
-        return ((self.loss.name == "cross_entropy" or not training) and self._plan[-1].act == "identity"
-                and len(alphas) <= 1 and all(st.kind == "dense" and not st.p and st.layer.bias for st in self._plan))
-
-    def _drop(self, k, src, dst, ws):
-        """Stage k's dropout (training step's mask) from src into dst; the same
-        call is its backward pass, the mask recomputed."""
-        st = self._plan[k]
-        _norm.dropout(src.reshape(-1), dst.reshape(-1), st.p, self._seed(st), self.step_count, ws.nt_drop[k])
-        return dst
-
     def _seed(self, stage):
+        """The dropout seed of a stage: the model's seed mixed with the stage's position."""
         return (self.seed * 1000003 + stage.index) % (2**31 - 1)
 
-    def _forward(self, X, ws, training):
-        """Run the plan's forward calls on X (C-contiguous, checked); returns the output."""
-        x = X
-        n = X.shape[0]
-        for k, st in enumerate(self._plan):
-            out = ws.out[k]
-            p = st.p if training else 0.0
-            if st.kind == "dense":
-                prm = self._params[st.index]
-                dst = ws.pre[k] if p else out
-                np.matmul(x, prm["weight"], out=dst)
-                b = prm.get("bias")
-                if b is not None or st.code:
-                    _dense.bias_act_rows(dst, b, dst, st.code, st.alpha, ws.nt_act[k])
-                if p:
-                    self._drop(k, dst, out, ws)
-            elif st.kind == "bn":
-                layer = st.layer
-                prm, buf = self._params[st.index], self._buffers[st.index]
-                track = layer.track_running_stats
-                batch_stats = training or not track
-                if batch_stats and n < 2:
+    def _check_rows(self, n, training):
+        """BatchNorm on batch statistics needs two rows (PyTorch's rule), checked
+        before the compiled plan runs."""
+        if n < 2:
+            for st in self._plan:
+                if st.kind == "bn" and (training or not st.layer.track_running_stats):
                     raise ValueError(f"BatchNorm1d (layer {st.index}) on batch statistics needs at least 2 rows, "
                                      f"got {n} (as PyTorch: use eval mode for single samples)")
-                factor = 0.0
-                if training and track:
-                    nbt = self.num_batches_tracked[self._nbt_index[st.index]:self._nbt_index[st.index] + 1]
-                    nbt += 1
-                    factor = layer.momentum if layer.momentum is not None else 1.0 / float(nbt[0])
-                running = (buf["running_mean"], buf["running_var"]) if track and (training or not batch_stats) \
-                    else (None, None)
-                _norm.batch_norm(x, out, ws.mean[k], ws.invstd[k], prm.get("weight"), prm.get("bias"), *running,
-                                 factor, layer.eps, batch_stats, st.code, st.alpha, p, self._seed(st),
-                                 self.step_count, ws.nt_bn[k])
-            elif st.kind == "act":
-                dst = ws.pre[k] if p else out
-                _dense.act_flat(x.reshape(-1), dst.reshape(-1), st.code, st.alpha, ws.nt_act[k])
-                if p:
-                    self._drop(k, dst, out, ws)
-            elif p:
-                self._drop(k, x, out, ws)
-            else:
-                np.copyto(out, x)
-            x = out
-        return x
 
-    def _backward(self, X, ws, training, weights=True, input_gradient=False):
-        """Gradients from ws.grad_out back through the plan: parameter gradients
-        into ``grads`` unless ``weights`` is False; the input gradient (returned)
-        only when ``input_gradient`` (the first GEMM is skipped otherwise)."""
-        g = ws.grad_out
-        for k in range(len(self._plan) - 1, -1, -1):
-            st = self._plan[k]
-            x = X if k == 0 else ws.out[k - 1]
-            p = st.p if training else 0.0
-            gx = ws.grad_in[k]
-            need_gx = k > 0 or input_gradient
-            if st.kind == "dense":
-                if p:
-                    g = self._drop(k, g, ws.work[k], ws)
-                a = ws.pre[k] if p else ws.out[k]
-                W = self._params[st.index]["weight"]
-                if weights:
-                    gb = self._grads[st.index].get("bias")
-                    gb = ws.gb[k] if gb is None else gb
-                    if st.code:
-                        _dense.act_grad_colsum(g, a, g, gb, st.code, st.alpha, ws.nt_col[k])
-                    else:
-                        _dense.colsum(g, gb, ws.nt_col[k])
-                    np.matmul(x.T, g, out=self._grads[st.index]["weight"])
-                elif st.code:
-                    _dense.act_grad_flat(g.reshape(-1), a.reshape(-1), g.reshape(-1), st.code, st.alpha,
-                                         ws.nt_act[k])
-                if need_gx:
-                    np.matmul(g, W.T, out=gx)
-            elif st.kind == "bn":
-                layer = st.layer
-                prm, grd = self._params[st.index], self._grads[st.index]
-                batch_stats = training or not layer.track_running_stats
-                gg, gbeta = (grd.get("weight"), grd.get("bias")) if weights else (None, None)
-                _norm.batch_norm_backward(g, x, ws.work[k], gx, ws.mean[k], ws.invstd[k], prm.get("weight"),
-                                          prm.get("bias"), gg, gbeta, batch_stats, st.code, st.alpha, p,
-                                          self._seed(st), self.step_count, ws.nt_bn[k])
-            elif st.kind == "act":
-                if p:
-                    g = self._drop(k, g, ws.work[k], ws)
-                a = ws.pre[k] if p else ws.out[k]
-                _dense.act_grad_flat(g.reshape(-1), a.reshape(-1), gx.reshape(-1), st.code, st.alpha, ws.nt_act[k])
-            elif p:
-                self._drop(k, g, gx, ws)
-            else:
-                np.copyto(gx, g)
-            g = gx
-        return g
+    def _forward(self, X, ws, training):
+        """The output of X (C-contiguous, checked) through the compiled plan."""
+        self._check_rows(X.shape[0], training)
+        return ws.plan.forward(X, training, self.step_count)
+
+    def _gradients(self, X, y, ws, training=True, weights=True, input_gradient=False):
+        """Mean loss of a batch, with the parameter gradients in ``grads`` (unless
+        ``weights`` is False) and the input gradient in ``ws.grad_in[0]`` (when
+        ``input_gradient``): one compiled call."""
+        self._check_rows(X.shape[0], training)
+        return ws.plan.gradients(X, y, training, self.step_count, weights, input_gradient)
 
     # -- training ------------------------------------------------------------------------
     @trains
@@ -373,23 +285,7 @@ class Sequential:
         parameter's gradient by name: :meth:`grad_dict`."""
         X, y = self._check_batch(X, y)
         _nonempty(X)
-        ws = self._workspace(X.shape[0])
-        loss = self._loss_and_grad(X, y, ws, self.training)
-        self._backward(X, ws, self.training)
-        return loss
-
-    def _loss_and_grad(self, X, y, ws, training):
-        out = self._forward(X, ws, training)
-        return self.loss.kernel(out, y, ws.grad_out, ws.row_loss, ws.nt_loss)
-
-    def _gradients(self, X, y, ws):
-        """Loss and parameter gradients of one training batch (one compiled call
-        for a dense chain)."""
-        if ws.plan is not None:
-            return ws.plan.gradients(X, y)
-        loss = self._loss_and_grad(X, y, ws, True)
-        self._backward(X, ws, True)
-        return loss
+        return self._gradients(X, y, self._workspace(X.shape[0]), self.training)
 
     @trains
     def train_step(self, X, y):
@@ -415,11 +311,11 @@ class Sequential:
         X, y = self._check_batch(X, y)
         _nonempty(X)
         ws = self._workspace(X.shape[0])
-        saved = (self.buffers.copy(), self.num_batches_tracked.copy())
-        self._loss_and_grad(X, y, ws, training)
-        g = self._backward(X, ws, training, weights=False, input_gradient=True).copy()
-        self.buffers[...], self.num_batches_tracked[...] = saved
-        return g
+        saved = (self.buffers.copy(), self.num_batches_tracked.copy()) if training else None
+        self._gradients(X, y, ws, training, weights=False, input_gradient=True)
+        if saved is not None:
+            self.buffers[...], self.num_batches_tracked[...] = saved
+        return ws.grad_in[0].copy()
 
     @trains
     def fit(self, X, y, epochs=5, batch_size=128, optimizer=None, shuffle=True, validation_data=None, rng=None,
@@ -540,7 +436,7 @@ class Sequential:
         out = np.empty((X.shape[0], self.out_features), self.dtype)
         for start, stop, ws in self._pool.chunks(self, X.shape[0], batch_size):
             chunk = X[start:stop]
-            out[start:stop] = ws.plan.forward(chunk) if ws.plan is not None else self._forward(chunk, ws, False)
+            out[start:stop] = self._forward(chunk, ws, False)
         return out
 
     def predict_proba(self, X, batch_size=1024):
@@ -780,5 +676,3 @@ def _nonempty(X):
     if X.shape[0] == 0:
         raise ValueError("the batch is empty")
 
-
-assert set(ACTIVATIONS) == {"identity", "relu", "leaky_relu", "sigmoid", "tanh"}
