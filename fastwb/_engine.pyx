@@ -438,12 +438,13 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
         size = s.size
         x = <const floating *>(_data(X) if k == 0 else (<_PlanStage>P.stages[k - 1]).p_out)
         gx = <floating *>s.p_grad_in
+        if p and (s.kind == _DENSE or s.kind == _ACT):
+            # the stage's own dropout first (mask recomputed), then its activation's derivative
+            with nogil:
+                dropout_1d(<const floating *>g, <floating *>s.p_work, size, 0, p, s.seed, step, s.nt_drop)
+            g = <floating *>s.p_work
+        a = <const floating *>(s.p_pre if p else s.p_out)
         if s.kind == _DENSE:
-            if p:
-                with nogil:
-                    dropout_1d(<const floating *>g, <floating *>s.p_work, size, 0, p, s.seed, step, s.nt_drop)
-                g = <floating *>s.p_work
-            a = <const floating *>(s.p_pre if p else s.p_out)
             if weights:
                 with nogil:
                     if s.code:
@@ -467,11 +468,6 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
                                <floating *>s.p_dbeta if weights else NULL,
                                batch_stats, s.code, s.alpha, p, s.seed, step, s.nt_bn)
         elif s.kind == _ACT:
-            if p:
-                with nogil:
-                    dropout_1d(<const floating *>g, <floating *>s.p_work, size, 0, p, s.seed, step, s.nt_drop)
-                g = <floating *>s.p_work
-            a = <const floating *>(s.p_pre if p else s.p_out)
             with nogil:
                 act_grad_1d(<const floating *>g, a, gx, size, s.code, s.alpha, s.nt_act)
         elif p:

@@ -76,10 +76,10 @@ def python_backward(model, X, ws, training, weights=True, input_gradient=False):
         x = X if k == 0 else ws.out[k - 1]
         p = st.p if training else 0.0
         gx = ws.grad_in[k]
+        if p and st.kind in ("dense", "act"):
+            g = _drop(model, k, g, ws.work[k], ws)
+        a = ws.pre[k] if p else ws.out[k]
         if st.kind == "dense":
-            if p:
-                g = _drop(model, k, g, ws.work[k], ws)
-            a = ws.pre[k] if p else ws.out[k]
             if weights:
                 gb = model._grads[st.index].get("bias")
                 gb = ws.gb[k] if gb is None else gb
@@ -99,9 +99,6 @@ def python_backward(model, X, ws, training, weights=True, input_gradient=False):
                                       prm.get("bias"), gg, gbeta, training or not st.layer.track_running_stats,
                                       st.code, st.alpha, p, model._seed(st), model.step_count, ws.nt_bn[k])
         elif st.kind == "act":
-            if p:
-                g = _drop(model, k, g, ws.work[k], ws)
-            a = ws.pre[k] if p else ws.out[k]
             _dense.act_grad_flat(g.reshape(-1), a.reshape(-1), gx.reshape(-1), st.code, st.alpha, ws.nt_act[k])
         elif p:
             _drop(model, k, g, gx, ws)
