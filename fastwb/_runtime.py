@@ -14,6 +14,11 @@ Threads: fastwb keeps no count of its own.  The OpenMP runtime's thread
 count (``OMP_NUM_THREADS``, :func:`set_num_threads`, or threadpoolctl's
 ``threadpool_limits(..., user_api="openmp")``) is the single source of truth,
 read once per kernel call; small work runs serially (:func:`plan_threads`).
+Its default is the process's CPU budget (:func:`cpu_budget`): the CPUs it may
+run on, lowered to a cgroup CPU quota (a container limited to 1.5 CPUs of 16
+runs 2 threads, not 16).  fastwb loads the runtime with ``OMP_NUM_THREADS``
+set to the budget when the quota is the smaller, and removes the variable
+again; a thread count the user sets always wins.
 In a process forked from one that had fastwb loaded, every kernel runs on one
 thread (OpenMP's worker threads do not survive fork), with one RuntimeWarning.
 """
@@ -21,8 +26,11 @@ thread (OpenMP's worker threads do not survive fork), with one RuntimeWarning.
 import contextlib
 import operator
 import os
+import posixpath
 import sys
+import threading
 import warnings
+from fractions import Fraction
 
 _WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
@@ -54,18 +62,179 @@ def _import_threads():
     return _threads
 
 
+# -- the CPU budget ----------------------------------------------------------------
+# libgomp's default thread count is the number of CPUs in the affinity mask; it
+# does not know about cgroup CPU quotas, so a container limited to 1.5 CPUs of
+# 16 would run 16 threads, each getting a tenth of a CPU and stalling at every
+# barrier.  cpu_budget() reads the quota the way the kernel applies it: the
+# smallest quota/period on the way from the process's own cgroup up to the root
+# of the mounted hierarchy (a quota bounds every cgroup below it).
+
+_READ_LIMIT = 1 << 16
+
+
+def _read_text(path):
+    """A small text file's contents, or None where it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(_READ_LIMIT)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_int(path):
+    text = _read_text(path)
+    if text is None:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _cgroup_dirs(mount, path):
+    """mount/path and its parents up to mount itself: the cgroup's directory and its
+    ancestors.  In a container the path from /proc/self/cgroup may name the host's
+    hierarchy while mount is the container's own cgroup; the walk still ends there."""
+    parts = [p for p in posixpath.normpath("/" + path).split("/") if p not in ("", ".", "..")]
+    for depth in range(len(parts), -1, -1):
+        yield os.path.join(mount, *parts[:depth])
+
+
+def _ratio(quota, period):
+    """quota/period as a Fraction, or None where it is no valid limit."""
+    if quota is None or period is None or quota <= 0 or period <= 0:
+        return None
+    return Fraction(quota, period)
+
+
+def _v2_quota(dirs):
+    best = None
+    for d in dirs:
+        text = _read_text(os.path.join(d, "cpu.max"))
+        if text is None:
+            continue
+        fields = text.split()
+        if len(fields) != 2 or fields[0] == "max":
+            continue                    # "max 100000": no limit at this level
+        try:
+            q = _ratio(int(fields[0]), int(fields[1]))
+        except ValueError:
+            continue
+        if q is not None and (best is None or q < best):
+            best = q
+    return best
+
+
+def _v1_quota(dirs):
+    best = None
+    for d in dirs:
+        q = _ratio(_read_int(os.path.join(d, "cpu.cfs_quota_us")), _read_int(os.path.join(d, "cpu.cfs_period_us")))
+        if q is not None and (best is None or q < best):
+            best = q                    # quota -1: no limit at this level (_ratio: None)
+    return best
+
+
+def _cgroup_quota(root):
+    """(CPUs as a Fraction, source) for the smallest cgroup CPU quota, or (None, None)."""
+    text = _read_text(os.path.join(root, "proc/self/cgroup"))
+    if text is None:
+        return None, None
+    base = os.path.join(root, "sys/fs/cgroup")
+    found = []
+    for line in text.splitlines():
+        fields = line.split(":", 2)     # hierarchy-ID:controller-list:cgroup-path
+        if len(fields) != 3:
+            continue
+        ident, controllers, path = fields
+        if ident == "0" and controllers == "":
+            # cgroup v2; on a hybrid system its hierarchy is mounted at unified/
+            for mount in (base, os.path.join(base, "unified")):
+                q = _v2_quota(_cgroup_dirs(mount, path))
+                if q is not None:
+                    found.append((q, "cgroup v2 cpu.max"))
+        elif "cpu" in controllers.split(","):
+            names = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
+            if "/" not in controllers and controllers not in (".", ".."):
+                names = (controllers,) + names
+            mounts = dict.fromkeys(os.path.join(base, m) for m in names)
+            for mount in mounts:
+                q = _v1_quota(_cgroup_dirs(mount, path))
+                if q is not None:
+                    found.append((q, "cgroup v1 cfs quota"))
+    if not found:
+        return None, None
+    return min(found, key=lambda f: f[0])
+
+
+def _affinity():
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_budget(root="/", *, affinity=None):
+    """The CPUs this process may use, as a dict: fastwb's default thread count.
+
+    ``affinity``: the CPUs the process may run on (``os.sched_getaffinity``,
+    else ``os.cpu_count()``; the argument overrides it).  ``quota``: the
+    cgroup CPU quota in CPUs (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us / cpu.cfs_period_us``, the smallest from the process's
+    own cgroup up to the root), or None where there is none.  ``cpus``:
+    ``min(affinity, max(1, ceil(quota)))`` (1.5 CPUs of 16 gives 2).
+    ``source``: which bound decided (``"affinity"``, ``"cgroup v2 cpu.max"`` or
+    ``"cgroup v1 cfs quota"``).  ``root`` is where ``/proc`` and ``/sys`` are
+    found (tests point it at a fake tree).  Files that are missing, unreadable
+    or malformed count as no quota; this never raises for them.
+    """
+    if affinity is None:
+        affinity = _affinity()
+    affinity = max(1, operator.index(affinity))
+    try:
+        quota, source = _cgroup_quota(root)
+        quota_cpus = None if quota is None else float(quota)
+    except ArithmeticError:
+        quota, source, quota_cpus = None, None, None   # a quota beyond any float: none
+    cpus, decided = affinity, "affinity"
+    if quota is not None:
+        ceiling = max(1, -(-quota.numerator // quota.denominator))
+        if ceiling < affinity:
+            cpus, decided = ceiling, source
+    return {"cpus": cpus, "affinity": affinity, "quota": quota_cpus, "source": decided}
+
+
+def _explicit_thread_count():
+    """True when the user set the OpenMP thread count in the environment."""
+    return os.environ.get("OMP_NUM_THREADS", "").strip() != ""
+
+
+_budget = cpu_budget()
+# The thread count fastwb's default is lowered to, or None: the user chose a count
+# (OMP_NUM_THREADS), or the runtime's own default (the affinity mask) is already it.
+_lowered = None if _explicit_thread_count() or _budget["cpus"] >= _budget["affinity"] else _budget["cpus"]
+
+
 def _load_runtime():
     user = {k: os.environ[k] for k in _WAIT_VARIABLES if k in os.environ}
     before = _mapped_files()
-    if user:
+    # Variables the runtime reads once, when it is loaded: set for the import only,
+    # so that they leak into no subprocess and no other OpenMP runtime loaded later.
+    temporary = {}
+    if not user:
+        temporary["OMP_WAIT_POLICY"] = "PASSIVE"
+    if _lowered is not None:
+        temporary["OMP_NUM_THREADS"] = str(_lowered)
+    os.environ.update(temporary)
+    try:
         _threads = _import_threads()
+        _threads.max_threads()      # a lazily initialised runtime (LLVM's libomp) reads them now
+    finally:
+        for k in temporary:
+            os.environ.pop(k, None)
+    if user:
         policy = "user setting: " + ", ".join(f"{k}={v}" for k, v in user.items())
     else:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        try:
-            _threads = _import_threads()
-        finally:
-            os.environ.pop("OMP_WAIT_POLICY", None)
         policy = "passive (fastwb default)"
     library = _threads.runtime_library()
     if not _threads.openmp_enabled():
@@ -79,6 +248,16 @@ def _load_runtime():
 
 
 _threads, WAIT_POLICY = _load_runtime()
+
+# The runtime read OMP_NUM_THREADS when it was loaded.  Loaded before fastwb (by
+# another extension), it kept its own default, and omp_set_num_threads would set
+# only the calling thread's count (threads started later see the default again).
+# Then _available_threads() caps the runtime's untouched default at the budget in
+# every thread: a count set through fastwb in this thread (_chosen.n) or any count
+# other than that default (OMP_NUM_THREADS, threadpoolctl) is the user's and wins.
+_runtime_default = _threads.max_threads()
+_cap = _lowered if _lowered is not None and _runtime_default > _lowered else None
+_chosen = threading.local()
 
 if not _threads.openmp_enabled() and os.environ.get("FASTWB_EXPECT_NO_OPENMP") != "1":
     warnings.warn(
@@ -126,8 +305,12 @@ def _warn_serial():
 
 
 def _available_threads(warn=True):
-    """The OpenMP runtime's thread count, or 1 in a forked child (warned once)."""
+    """The OpenMP runtime's thread count (capped by the CPU budget where the runtime
+    was loaded before fastwb and still runs its own default), or 1 in a forked
+    child (warned once)."""
     n = _threads.max_threads()
+    if _cap is not None and n == _runtime_default and n > _cap and not getattr(_chosen, "n", False):
+        n = _cap
     if n > 1 and _forked:
         if warn:
             _warn_serial()
@@ -145,8 +328,9 @@ def set_num_threads(n):
     """Set the number of threads fastwb kernels may use.
 
     This sets the OpenMP runtime's thread count for the calling thread, the
-    same setting that ``OMP_NUM_THREADS`` and threadpoolctl control.  In a
-    forked child the setting is kept but kernels still run on one thread
+    same setting that ``OMP_NUM_THREADS`` and threadpoolctl control; it wins
+    over the CPU budget (:func:`cpu_budget`), which sets only the default.  In
+    a forked child the setting is kept but kernels still run on one thread
     (see :func:`get_num_threads`); asking for more warns once.
     """
     if isinstance(n, bool):
@@ -158,6 +342,7 @@ def set_num_threads(n):
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     _threads.set_max_threads(n)
+    _chosen.n = True
     if n > 1 and _forked:
         _warn_serial()
 
@@ -169,12 +354,13 @@ def threads(n):
     >>> with fastwb.threads(1):
     ...     y = fastwb.relu(x)
     """
-    previous = _threads.max_threads()
+    previous, chosen = _threads.max_threads(), getattr(_chosen, "n", False)
     set_num_threads(n)
     try:
         yield
     finally:
         _threads.set_max_threads(previous)
+        _chosen.n = chosen
 
 
 # Work per thread below which a kernel runs serially.  Waking a sleeping
@@ -231,6 +417,7 @@ def config():
         "openmp": _threads.openmp_enabled(),
         "openmp_runtime": _threads.runtime_library() or None,
         "num_threads": get_num_threads(),
+        "cpu_budget": dict(_budget),
         "wait_policy": WAIT_POLICY,
         "blas": _blas_info(),
         "build": _threads.build_info(),
@@ -242,8 +429,9 @@ def show_config():
 
     Keys: ``version``, ``openmp`` (bool: compiled with OpenMP),
     ``openmp_runtime`` (the shared library found), ``num_threads``,
-    ``wait_policy``, ``blas`` (NumPy's BLAS, the only one fastwb uses) and
-    ``build`` (compiler and flags of the installed binary).
+    ``cpu_budget`` (:func:`cpu_budget` at import: the default thread count
+    and what bounded it), ``wait_policy``, ``blas`` (NumPy's BLAS, the only
+    one fastwb uses) and ``build`` (compiler and flags of the installed binary).
     """
     cfg = config()
     width = max(len(k) for k in cfg)

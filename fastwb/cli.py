@@ -268,7 +268,7 @@ def build_parser():
     train.add_argument("--lr", type=positive_float, help="learning rate (default: " + ", ".join(
         f"{name} {default_lr(name):g}" for name in OPTIMIZERS) + ")")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    train.add_argument("--threads", type=thread_count, help="fastwb threads (default: OMP_NUM_THREADS or all cores)")
+    train.add_argument("--threads", type=thread_count, help="fastwb threads (default: OMP_NUM_THREADS, else the CPUs this process may use: affinity and cgroup quota)")
     train.add_argument("--prune", type=fraction, metavar="SPARSITY",
                        help="prune weights gradually (cubic schedule) to this final sparsity in [0, 1), e.g. 0.9")
     train.add_argument("--batchnorm", action="store_true", help="BatchNorm1d after every hidden Linear layer")
