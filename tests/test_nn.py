@@ -471,3 +471,16 @@ def test_progress_bar_on_a_terminal(monkeypatch, capsys, with_tqdm):
     term.truncate(0)
     m.fit(X, y, epochs=1, batch_size=16, verbose=False, rng=0)
     assert term.getvalue() == "" and capsys.readouterr().out == ""
+
+
+def test_one_chunk_inference_returns_its_own_array():
+    m = _bn_model().eval()
+    X, _ = _data(8)
+    first = m.logits(X[:1])
+    kept = first.copy()
+    m.logits(X[1:2])                                # same batch size: the same pooled workspace
+    np.testing.assert_array_equal(first, kept)
+    rows = np.concatenate([m.logits(X[i:i + 1]) for i in range(8)])     # BLAS rounds 1-row products its own way
+    np.testing.assert_allclose(m.logits(X, batch_size=3), rows, rtol=1e-12, atol=1e-14)
+    p = m.predict_proba(X[:1])
+    assert p.shape == (1, 3) and abs(p.sum() - 1) < 1e-12 and m.predict(X[:1])[0] == p.argmax()

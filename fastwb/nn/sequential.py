@@ -35,6 +35,8 @@ from collections import OrderedDict
 import numpy as np
 
 from fastwb import _io, functional, init, optim, prune
+from fastwb import _losses as _losses_kernels
+from fastwb._runtime import GRAIN_COMPUTE, plan_threads
 from fastwb._validate import FLOAT_DTYPES, check_int
 from fastwb.nn import losses as _losses
 from fastwb.nn.layers import BatchNorm1d, Layer, Linear, layer_from_config
@@ -230,12 +232,13 @@ class Sequential:
 
     # -- checks --------------------------------------------------------------------------
     def _check_x(self, X, name="X"):
-        X = np.asarray(X)
+        if type(X) is not np.ndarray:
+            X = np.asarray(X)
         if X.dtype != self.dtype:
             raise TypeError(f"{name} has dtype {X.dtype} but the model is {self.dtype}; convert it with .astype(...)")
         if X.ndim != 2 or X.shape[1] != self.in_features:
             raise ValueError(f"{name} must have shape (n, {self.in_features}), got {X.shape}")
-        return np.ascontiguousarray(X)
+        return X if X.flags.c_contiguous else np.ascontiguousarray(X)
 
     def _check_batch(self, X, y, name="y"):
         X = self._check_x(X)
@@ -431,10 +434,19 @@ class Sequential:
         integer >= 1; it bounds the memory of the workspaces, not the result;
         a BatchNorm1d without running statistics normalises each chunk by its
         own statistics).  Safe to call from many threads at once on one model."""
-        batch_size = check_int("batch_size", batch_size, 1)
+        if type(batch_size) is not int or batch_size < 1:
+            batch_size = check_int("batch_size", batch_size, 1)
         X = self._check_x(X)
-        out = np.empty((X.shape[0], self.out_features), self.dtype)
-        for start, stop, ws in self._pool.chunks(self, X.shape[0], batch_size):
+        n = X.shape[0]
+        if 0 < n <= batch_size:                 # one chunk: the latency path
+            self._check_rows(n, False)
+            ws = self._pool.take(self, n)
+            try:
+                return ws.plan.forward(X, False, self.step_count).copy()
+            finally:
+                self._pool.give(ws)
+        out = np.empty((n, self.out_features), self.dtype)
+        for start, stop, ws in self._pool.chunks(self, n, batch_size):
             chunk = X[start:stop]
             out[start:stop] = self._forward(chunk, ws, False)
         return out
@@ -444,7 +456,9 @@ class Sequential:
         (bce_with_logits); the output itself for regression."""
         z = self.logits(X, batch_size)
         if self.loss.name == "cross_entropy":
-            return functional.softmax(z, out=z)
+            if z.size:          # z is the model's own fresh C-contiguous array: the kernel directly
+                _losses_kernels.softmax_rows(z, z, plan_threads(z.size, GRAIN_COMPUTE))
+            return z
         if self.loss.name == "bce_with_logits":
             return functional.sigmoid(z, out=z)
         return z
@@ -453,7 +467,7 @@ class Sequential:
         """Predicted classes (cross_entropy), 0/1 labels (bce_with_logits) or values (mse)."""
         z = self.logits(X, batch_size)
         if self.loss.name == "cross_entropy":
-            return np.argmax(z, axis=1)
+            return z.argmax(axis=1)
         if self.loss.name == "bce_with_logits":
             return (z > 0).astype(np.int64)
         return z
