@@ -128,7 +128,10 @@ cdef class Plan:
       (None: cumulative average), track, nbt_index (-1 when not tracking).
     grad_out (n, out_features): the loss gradient; row_loss: float64 (n,)
     workspace; loss: "cross_entropy" | "mse" | "bce_with_logits"; nt_loss: the
-    loss kernel's threads; nbt: the model's int64 num_batches_tracked.
+    loss kernel's threads; nbt: the model's int64 num_batches_tracked;
+    pinned_x: the one input array (fit's gathered batch) whose GEMM arguments
+    are kept between calls; for any other X they are made per call and
+    dropped at its end, so the plan never keeps a caller's array alive.
     A forward-only plan (inference) has grad_in, work, dweight, dbias (and
     pre) None in every stage: its gradients() raises RuntimeError.
 
@@ -141,11 +144,11 @@ cdef class Plan:
     cdef bint f64, forward_only
     cdef Py_ssize_t n, w_first, w_last
     cdef object grad_out, row_loss, nbt, last_out
-    cdef object x_last
+    cdef object x_last, pinned_x
     cdef tuple x_fwd, x_dw
     cdef long long *p_nbt
 
-    def __init__(self, stages, grad_out, row_loss, loss, int nt_loss, nbt):
+    def __init__(self, stages, grad_out, row_loss, loss, int nt_loss, nbt, pinned_x=None):
         cdef _PlanStage s
         cdef Py_ssize_t n, w_in, w_out, k
         stages = list(stages)
@@ -260,6 +263,7 @@ cdef class Plan:
         self.last_out = (<_PlanStage>self.stages[self.L - 1]).out
         self.x_last = None
         self.x_fwd = self.x_dw = None
+        self.pinned_x = pinned_x
         # the GEMMs' argument tuples
         for k in range(self.L):
             s = <_PlanStage>self.stages[k]
@@ -287,10 +291,13 @@ cdef class Plan:
         _bind_x(self, X)
         if training and self.forward_only:
             raise RuntimeError("a forward-only plan runs in inference mode only")
-        if self.f64:
-            _plan_forward(self, X, training, step, <double>0)
-        else:
-            _plan_forward(self, X, training, step, <float>0)
+        try:
+            if self.f64:
+                _plan_forward(self, X, training, step, <double>0)
+            else:
+                _plan_forward(self, X, training, step, <float>0)
+        finally:
+            _release_x(self, X)
         return self.last_out
 
     def gradients(self, X, y, bint training, unsigned long long step, bint weights=True,
@@ -303,9 +310,12 @@ cdef class Plan:
         _check_x(self, X)
         _check_y(self, y)
         _bind_x(self, X)
-        if self.f64:
-            return _plan_gradients(self, X, y, training, step, weights, input_gradient, <double>0)
-        return _plan_gradients(self, X, y, training, step, weights, input_gradient, <float>0)
+        try:
+            if self.f64:
+                return _plan_gradients(self, X, y, training, step, weights, input_gradient, <double>0)
+            return _plan_gradients(self, X, y, training, step, weights, input_gradient, <float>0)
+        finally:
+            _release_x(self, X)
 
 
 cdef inline bint _is_block(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols):
@@ -333,6 +343,12 @@ cdef int _bind_x(Plan P, object X) except -1:
         if not P.forward_only:
             P.x_dw = ((X.T, g[0], s.dweight), (X.T, g[1], s.dweight))
     return 0
+
+
+cdef inline void _release_x(Plan P, object X):
+    if X is not P.pinned_x:
+        P.x_last = None
+        P.x_fwd = P.x_dw = None
 
 
 cdef int _check_x(Plan P, object X) except -1:

@@ -208,8 +208,11 @@ def _cmd_train(args):
         f"({len(X_train)} train / {len(X_test)} test), {args.optimizer} "
         f"lr {model.optimizer.hyper['lr']}, batch {batch}, {epochs} epochs, {fastwb.get_num_threads()} threads")
     t0 = time.perf_counter()
-    history = model.fit(X_train, y_train, epochs=epochs, batch_size=batch, rng=args.seed,
-                        validation_data=(X_test, y_test), prune_schedule=args.prune, verbose=not args.quiet)
+    try:
+        history = model.fit(X_train, y_train, epochs=epochs, batch_size=batch, rng=args.seed,
+                            validation_data=(X_test, y_test), prune_schedule=args.prune, verbose=not args.quiet)
+    except ValueError as e:         # what fit refuses before training (e.g. BatchNorm and a one-row last batch)
+        return fail(str(e))
     seconds = time.perf_counter() - t0
     loss, accuracy = model.evaluate(X_test, y_test)
     train_seconds = sum(history["seconds"])

@@ -292,8 +292,8 @@ def class_labels(labels, n, n_classes, name="labels"):
         raise TypeError(f"{name} must be integer class indices, got dtype {labels.dtype}")
     if labels.shape != (n,):
         raise ValueError(f"{name} has shape {labels.shape}, expected ({n},): one class index per row")
-    if labels.dtype != np.intp or not labels.flags.c_contiguous:
-        labels = np.ascontiguousarray(labels, dtype=np.intp)
+    if labels.dtype != np.intp or not labels.flags.c_contiguous or not labels.flags.aligned:
+        labels = np.require(labels, np.intp, ("C", "A"))
     bad = _losses.first_bad_label(labels, n_classes)
     if bad >= 0:
         raise ValueError(f"{name}[{bad}] = {labels[bad]} is not a class index in [0, {n_classes})")

@@ -108,7 +108,7 @@ def python_backward(model, X, ws, training, weights=True, input_gradient=False):
     return g
 
 
-def make_plan(model, ws, threads=None):
+def make_plan(model, ws, threads=None, pinned_x=None):
     """A Plan over the model's workspace; ``threads`` forces every kernel's
     thread count (the kernels' results do not depend on it)."""
     stages = stage_dicts(model, ws)
@@ -117,7 +117,8 @@ def make_plan(model, ws, threads=None):
         for d in stages:
             d.update(nt_act=threads, nt_col=threads, nt_drop=threads, nt_bn=threads)
         nt_loss = threads
-    return _engine.Plan(stages, ws.grad_out, ws.row_loss, model.loss.name, nt_loss, model.num_batches_tracked)
+    return _engine.Plan(stages, ws.grad_out, ws.row_loss, model.loss.name, nt_loss, model.num_batches_tracked,
+                        pinned_x=pinned_x)
 
 
 # -- models -----------------------------------------------------------------------------
@@ -380,8 +381,8 @@ def test_calls_allocate_nothing(name):
     n = 32
     model = _build(name, "float32")
     ws = model._workspace(n)
-    plan = make_plan(model, ws)
     X, y = _data(model, n)
+    plan = make_plan(model, ws, pinned_x=X)        # fit's gathered batch: its GEMM arguments are kept
 
     def steps(i=0):
         plan.gradients(X, y, True, i)
@@ -445,3 +446,21 @@ def test_inference_workspaces_have_forward_only_plans():
     with pytest.raises(RuntimeError, match="inference mode only"):
         ws.plan.forward(X, True, 0)
     np.testing.assert_array_equal(ws.plan.forward(X, False, 0), model.logits(X))
+
+
+def test_a_plan_keeps_no_callers_array_alive():
+    """Only the pinned input (fit's own gather buffer) is kept between calls: a
+    caller's X (or the base array of a chunk view) is free once the call returns."""
+    import weakref
+
+    model = _build("dense_relu", "float64")
+    ws = model._workspace(4)
+    for call in (lambda X, y: ws.plan.gradients(X, y, True, 0), lambda X, y: ws.plan.forward(X, False, 0),
+                 lambda X, y: model.logits(X), lambda X, y: model.train_step(X, y)):
+        X, y = _data(model, 4)
+        big = np.concatenate([X, X])
+        ref = weakref.ref(big)
+        call(big[:4], y)
+        del big
+        gc.collect()
+        assert ref() is None

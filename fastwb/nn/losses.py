@@ -32,6 +32,11 @@ class Loss:
         self.grain = grain
         self.classification = classification
 
+    @property
+    def metrics(self):
+        """The names of :meth:`scores`' metrics, in order."""
+        return {"cross_entropy": ("accuracy",), "mse": ("mse", "r2")}.get(self.name, ("binary_accuracy",))
+
     def threads(self, size):
         """Threads of the loss kernel over ``size`` output elements."""
         return plan_threads(size, self.grain)
@@ -50,7 +55,7 @@ class Loss:
         if y.shape != (n, width):
             raise ValueError(f"{name} has shape {y.shape}, but the {self.name} loss needs targets shaped like "
                              f"the output, ({n}, {width})")
-        y = np.ascontiguousarray(y, dtype=dtype)
+        y = np.require(y, dtype, ("C", "A"))          # read by pointer: contiguous and aligned
         if self.name == "bce_with_logits":
             bad = _losses.first_outside_unit(y.reshape(-1))
             if bad >= 0:

@@ -142,7 +142,7 @@ class Workspace:
         self.y = None                                                             # fit's gathered targets
         # the compiled forward pass and step over these arrays (forward only for inference)
         self.plan = _engine.Plan(_stage_dicts(model, self), self.grad_out, self.row_loss, model.loss.name,
-                                 self.nt_loss, model.num_batches_tracked)
+                                 self.nt_loss, model.num_batches_tracked, pinned_x=self.x)
 
 
 def _stage_dicts(model, ws):
@@ -253,7 +253,8 @@ def trains(method):
 
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
-        if not self._training_lock.acquire(blocking=False):
+        lock = self._training_lock       # the one taken is the one released, even if a fork in between
+        if not lock.acquire(blocking=False):      # gave the model a fresh lock
             raise RuntimeError(
                 f"{type(self).__name__}.{name}: the model is already being trained by another call (train_step, "
                 f"fit, gradients or input_gradient, in another thread); training one model from two threads "
@@ -261,6 +262,6 @@ def trains(method):
         try:
             return method(self, *args, **kwargs)
         finally:
-            self._training_lock.release()
+            lock.release()
 
     return guarded

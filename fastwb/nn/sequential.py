@@ -25,6 +25,7 @@ memory but may see a partly updated model.  A forked child can use every
 model (on one thread).
 """
 
+import contextlib
 import copy as _copy
 import json
 import math
@@ -238,7 +239,8 @@ class Sequential:
             raise TypeError(f"{name} has dtype {X.dtype} but the model is {self.dtype}; convert it with .astype(...)")
         if X.ndim != 2 or X.shape[1] != self.in_features:
             raise ValueError(f"{name} must have shape (n, {self.in_features}), got {X.shape}")
-        return X if X.flags.c_contiguous else np.ascontiguousarray(X)
+        # the compiled plan reads X by pointer: C-contiguous and aligned (a copy otherwise)
+        return X if X.flags.c_contiguous and X.flags.aligned else np.require(X, requirements=("C", "A"))
 
     def _check_batch(self, X, y, name="y"):
         X = self._check_x(X)
@@ -284,11 +286,23 @@ class Sequential:
     @trains
     def gradients(self, X, y):
         """Mean loss for a batch, with every parameter's gradient in ``grads``
-        (in the current mode; nothing is updated, no step is counted).  Each
-        parameter's gradient by name: :meth:`grad_dict`."""
+        (in the current mode; nothing else changes: running statistics are
+        restored, no step is counted).  Each parameter's gradient by name:
+        :meth:`grad_dict`."""
         X, y = self._check_batch(X, y)
         _nonempty(X)
-        return self._gradients(X, y, self._workspace(X.shape[0]), self.training)
+        with self._buffers_kept(self.training):
+            return self._gradients(X, y, self._workspace(X.shape[0]), self.training)
+
+    @contextlib.contextmanager
+    def _buffers_kept(self, training):
+        """Restore the running statistics after a block that ran a training forward."""
+        saved = (self.buffers.copy(), self.num_batches_tracked.copy()) if training and self.buffers.size else None
+        try:
+            yield
+        finally:
+            if saved is not None:
+                self.buffers[...], self.num_batches_tracked[...] = saved
 
     @trains
     def train_step(self, X, y):
@@ -314,10 +328,8 @@ class Sequential:
         X, y = self._check_batch(X, y)
         _nonempty(X)
         ws = self._workspace(X.shape[0])
-        saved = (self.buffers.copy(), self.num_batches_tracked.copy()) if training else None
-        self._gradients(X, y, ws, training, weights=False, input_gradient=True)
-        if saved is not None:
-            self.buffers[...], self.num_batches_tracked[...] = saved
+        with self._buffers_kept(training):
+            self._gradients(X, y, ws, training, weights=False, input_gradient=True)
         return ws.grad_in[0].copy()
 
     @trains
@@ -356,7 +368,10 @@ class Sequential:
             self.compile()
         if validation_data is not None:
             Xv, yv = validation_data
-            validation_data = (self._check_x(Xv, "validation X"),
+            Xv = self._check_x(Xv, "validation X")
+            if Xv.shape[0] == 0:
+                raise ValueError("validation X is empty")
+            validation_data = (Xv,
                                self.loss.targets(yv, len(Xv), self.out_features, self.dtype, "validation y"))
         seed = int(init.as_generator(rng).integers(0, 2**63 - 1)) if not isinstance(rng, (int, np.integer)) else int(rng)
         steps_per_epoch = -(-n // batch_size)
@@ -368,7 +383,9 @@ class Sequential:
         self.stop_training = False
         for cb in callbacks:
             cb.on_train_begin(self)
-        history = {}
+        # every key from the start (val_* stay empty without validation data), as MLP always had
+        names = ("loss",) + self.loss.metrics
+        history = {k: [] for k in names + tuple(f"val_{k}" for k in names) + ("sparsity", "seconds")}
         was_training = self.training
         self.train()
         current_sparsity = None
@@ -589,6 +606,9 @@ class Sequential:
                 fields[f"optimizer_{k}"] = v
             if sd["masks"][0] is not None:
                 fields["optimizer_mask"] = sd["masks"][0]
+        if hasattr(path, "write"):          # an open binary file: written in place, not atomic
+            np.savez(path, **fields)
+            return
         with _io.atomic_open(path, "wb") as fh:
             np.savez(fh, **fields)
 
