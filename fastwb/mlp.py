@@ -56,37 +56,13 @@ class MLP(_sequential.Sequential):
     """
 
     def __init__(self, layer_sizes, activation="relu", init="he", dtype=np.float32, rng=None, alpha=0.01):
-        if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
-            raise TypeError(f"layer_sizes must be a sequence of integers, got {type(layer_sizes).__name__}")
-        sizes = [check_int(f"layer_sizes[{i}]", s, 1) for i, s in enumerate(layer_sizes)]
-        if len(sizes) < 2:
-            raise ValueError(f"layer_sizes needs an input and an output size, got {list(layer_sizes)}")
         try:
             dtype = np.dtype(dtype)
         except TypeError:
             raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        hidden = len(sizes) - 2
-        if isinstance(activation, str):
-            acts = [activation] * hidden
-        elif hasattr(activation, "__iter__"):
-            acts = list(activation)
-        else:
-            raise TypeError(f"activation must be a name or a sequence of names, got {type(activation).__name__}")
-        if len(acts) != hidden:
-            raise ValueError(f"{hidden} hidden layers need {hidden} activations, got {len(acts)}")
-        for a in acts:
-            if not isinstance(a, str) or a not in ACTIVATIONS:
-                raise ValueError(f"unknown activation {a!r}; valid names are {', '.join(ACTIVATIONS)}")
-        if init not in INITIALIZERS:
-            raise ValueError(f"unknown init {init!r}; valid names are {', '.join(INITIALIZERS)}")
-        alpha = check_alpha(alpha)
-        layers = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(Linear(n_in, n_out, init=init))
-            if i < hidden:
-                layers.append(activation_layer(acts[i], alpha))
+        sizes, acts, alpha, layers = _layers(layer_sizes, activation, init, alpha)
         self.layer_sizes = sizes
         self.activations = acts + ["identity"]
         self.codes = [ACTIVATIONS[a] for a in self.activations]
@@ -125,11 +101,21 @@ class MLP(_sequential.Sequential):
                           "init": self.init, "alpha": self.alpha}
         return spec
 
+    @staticmethod
+    def _preset_args(preset):
+        return {k: preset[k] for k in ("layer_sizes", "activation", "init", "alpha") if k in preset}
+
+    @classmethod
+    def preset_layers(cls, preset):
+        """The layers a checkpoint's ``spec["preset"]`` describes, built without
+        allocating any parameter (so that a loader can compare them with the
+        checkpoint's checked layers first)."""
+        return _layers(**cls._preset_args(preset))[3]
+
     @classmethod
     def from_preset(cls, preset, dtype):
         """The MLP a checkpoint's ``spec["preset"]`` describes (weights to be loaded)."""
-        args = {k: preset[k] for k in ("layer_sizes", "activation", "init", "alpha") if k in preset}
-        return cls(dtype=dtype, rng=0, **args)
+        return cls(dtype=dtype, rng=0, **cls._preset_args(preset))
 
     def _blank(self):
         return MLP(self.layer_sizes, self.activations[:-1], self.init, self.dtype, rng=0, alpha=self.alpha)
@@ -195,6 +181,37 @@ class MLP(_sequential.Sequential):
 
 
 _sequential.PRESETS["MLP"] = MLP
+
+
+def _layers(layer_sizes, activation="relu", init="he", alpha=0.01):
+    """Checked arguments of an MLP and its layers: ``(sizes, hidden activations,
+    alpha, layers)``; nothing is allocated."""
+    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+        raise TypeError(f"layer_sizes must be a sequence of integers, got {type(layer_sizes).__name__}")
+    sizes = [check_int(f"layer_sizes[{i}]", s, 1) for i, s in enumerate(layer_sizes)]
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes needs an input and an output size, got {list(layer_sizes)}")
+    hidden = len(sizes) - 2
+    if isinstance(activation, str):
+        acts = [activation] * hidden
+    elif hasattr(activation, "__iter__"):
+        acts = list(activation)
+    else:
+        raise TypeError(f"activation must be a name or a sequence of names, got {type(activation).__name__}")
+    if len(acts) != hidden:
+        raise ValueError(f"{hidden} hidden layers need {hidden} activations, got {len(acts)}")
+    for a in acts:
+        if not isinstance(a, str) or a not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {a!r}; valid names are {', '.join(ACTIVATIONS)}")
+    if init not in INITIALIZERS:
+        raise ValueError(f"unknown init {init!r}; valid names are {', '.join(INITIALIZERS)}")
+    alpha = check_alpha(alpha)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(Linear(n_in, n_out, init=init))
+        if i < hidden:
+            layers.append(activation_layer(acts[i], alpha))
+    return sizes, acts, alpha, layers
 
 _CHECKPOINT_FIELDS = frozenset({"format", "layer_sizes", "activations", "alpha", "dtype", "params"})
 _CHECKPOINT_FIELD_BYTES = 1 << 20     # bound on each layout field of a checkpoint

@@ -263,3 +263,34 @@ def test_pickled_and_copied_mlps_keep_their_views(rng):
         assert all(np.shares_memory(W, other.params) for W in other.W + other.b)
         assert other.train_step(X, y) == pytest.approx(fastwb.MLP.copy(model).train_step(X, y), rel=0, abs=0)
         np.testing.assert_array_equal(other.W[0], other.state_dict()["0.weight"])
+
+
+def test_a_hostile_preset_is_refused_before_anything_is_allocated(tmp_path, rng):
+    import io
+    import json
+    import tracemalloc
+    import zipfile
+
+    X, y = _blobs(rng, n=64)
+    model = fastwb.MLP([12, 8, 4], rng=0)
+    model.train_step(X, y)
+    path, hostile = tmp_path / "m.fwb", tmp_path / "h.fwb"
+    model.save(path, with_optimizer=True)
+    spec = model.spec()
+    spec["preset"].update(layer_sizes=[20000, 20000, 20000, 4], activation=["relu", "relu"])   # 3.2 GB of float32
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(hostile, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "spec.npy":
+                buf = io.BytesIO()
+                np.save(buf, np.array(json.dumps(spec)))
+                data = buf.getvalue()
+            dst.writestr(item, data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="preset does not build these layers"):
+            fastwb.nn.load(hostile)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20

@@ -674,9 +674,11 @@ def load(path):
             else:
                 if not isinstance(preset, dict) or preset.get("name") not in PRESETS:
                     raise ValueError(f"unknown preset {preset!r}")
-                model = PRESETS[preset["name"]].from_preset(preset, dtype)
-                if model.spec()["layers"] != spec["layers"]:
+                cls = PRESETS[preset["name"]]
+                # compare before building: only the checked layers' sizes are known to fit the file
+                if [{"type": type(la).__name__, **la.config()} for la in cls.preset_layers(preset)] != spec["layers"]:
                     raise ValueError(f"the {preset['name']} preset does not build these layers")
+                model = cls.from_preset(preset, dtype)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{npz.name}: inconsistent layer specification ({e})") from None
         nbt = npz.members.get("num_batches_tracked")
