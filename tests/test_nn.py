@@ -484,3 +484,15 @@ def test_one_chunk_inference_returns_its_own_array():
     np.testing.assert_allclose(m.logits(X, batch_size=3), rows, rtol=1e-12, atol=1e-14)
     p = m.predict_proba(X[:1])
     assert p.shape == (1, 3) and abs(p.sum() - 1) < 1e-12 and m.predict(X[:1])[0] == p.argmax()
+
+
+def test_batchnorm_without_running_stats_normalises_all_rows_together():
+    m = nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16, track_running_stats=False), nn.ReLU(), nn.Linear(16, 3),
+                      dtype="float64", rng=0)
+    X, y = _data(1025)
+    whole = m.logits(X, batch_size=1024)             # was: a last chunk of one row, an error
+    np.testing.assert_array_equal(whole, m.logits(X, batch_size=5000))   # the statistics of all 1025 rows
+    assert m.predict(X).shape == (1025,)
+    with pytest.raises(ValueError, match="at least 2 validation rows"):
+        m.fit(X[:64], y[:64], epochs=1, batch_size=32, validation_data=(X[:1], y[:1]), verbose=False)
+    assert m.step_count == 0                         # refused before training

@@ -261,6 +261,10 @@ class Sequential:
         """The dropout seed of a stage: the model's seed mixed with the stage's position."""
         return (self.seed * 1000003 + stage.index) % (2**31 - 1)
 
+    def _stats_in_eval(self):
+        """True when a BatchNorm1d keeps no running statistics (batch statistics in eval mode too)."""
+        return any(st.kind == "bn" and not st.layer.track_running_stats for st in self._plan)
+
     def _check_rows(self, n, training):
         """BatchNorm on batch statistics needs two rows (PyTorch's rule), checked
         before the compiled plan runs."""
@@ -371,6 +375,8 @@ class Sequential:
             Xv = self._check_x(Xv, "validation X")
             if Xv.shape[0] == 0:
                 raise ValueError("validation X is empty")
+            if Xv.shape[0] < 2 and self._stats_in_eval():
+                raise ValueError("a BatchNorm1d without running statistics needs at least 2 validation rows")
             validation_data = (Xv,
                                self.loss.targets(yv, len(Xv), self.out_features, self.dtype, "validation y"))
         seed = int(init.as_generator(rng).integers(0, 2**63 - 1)) if not isinstance(rng, (int, np.integer)) else int(rng)
@@ -448,13 +454,17 @@ class Sequential:
         nothing in the model changes.
 
         X runs through the network in chunks of ``batch_size`` rows (an
-        integer >= 1; it bounds the memory of the workspaces, not the result;
-        a BatchNorm1d without running statistics normalises each chunk by its
-        own statistics).  Safe to call from many threads at once on one model."""
+        integer >= 1; it bounds the memory of the workspaces, not the result).
+        A model with a BatchNorm1d that keeps no running statistics normalises
+        by the statistics of the whole X, as PyTorch does, so it runs X in one
+        chunk (and needs two rows).  Safe to call from many threads at once on
+        one model."""
         if type(batch_size) is not int or batch_size < 1:
             batch_size = check_int("batch_size", batch_size, 1)
         X = self._check_x(X)
         n = X.shape[0]
+        if self._stats_in_eval():
+            batch_size = max(n, 1)
         if 0 < n <= batch_size:                 # one chunk: the latency path
             self._check_rows(n, False)
             ws = self._pool.take(self, n)
