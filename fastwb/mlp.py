@@ -22,6 +22,7 @@ from fastwb import _io
 from fastwb._validate import ACTIVATIONS, FLOAT_DTYPES, check_alpha, check_int
 from fastwb.nn import sequential as _sequential
 from fastwb.nn.layers import Linear, activation_layer
+from fastwb.nn.plan import MODELS
 
 __all__ = ["MLP"]
 
@@ -69,6 +70,21 @@ class MLP(_sequential.Sequential):
         self.alpha = alpha
         self.init = init
         super().__init__(*layers, dtype=dtype, rng=rng)
+
+    def __setstate__(self, state):
+        if "layers" in state:
+            return super().__setstate__(state)
+        # a pickle of the MLP before it became a preset: its layout fields, flat buffer and optimizer
+        fresh = MLP(state["layer_sizes"], state["activations"][:-1], state.get("init", "he"), state["dtype"],
+                    rng=0, alpha=state.get("alpha", 0.01))
+        self.__dict__.update(fresh.__dict__)
+        self.params[...] = state["params"]
+        self.masks = state.get("masks")
+        old = state.get("optimizer")
+        if old is not None:
+            self.optimizer = type(old)([self.params])
+            self.optimizer.load_state_dict(old.state_dict())
+        MODELS.add(self)
 
     @property
     def shapes(self):

@@ -294,3 +294,21 @@ def test_a_hostile_preset_is_refused_before_anything_is_allocated(tmp_path, rng)
     finally:
         tracemalloc.stop()
     assert peak < 2**20
+
+
+def test_pickles_of_the_mlp_before_it_was_a_preset_still_load(rng):
+    X, y = _blobs(rng, n=32)
+    model = fastwb.MLP([12, 8, 4], "tanh", rng=0)
+    model.train_step(X, y)
+    # the attributes an MLP pickled by fastwb before the preset (commit 4904a81) carries
+    params = model.params.copy()
+    opt = fastwb.optim.Adam([params])
+    opt.load_state_dict(model.optimizer.state_dict())
+    old = dict(layer_sizes=[12, 8, 4], activations=["tanh", "identity"], codes=[4, 0], alpha=0.01,
+               dtype=np.dtype(np.float32), init="he", params=params, grads=np.zeros_like(params), optimizer=opt,
+               masks=None, shapes=[(12, 8), (8,), (8, 4), (4,)])
+    back = fastwb.MLP.__new__(fastwb.MLP)
+    back.__setstate__(old)
+    np.testing.assert_array_equal(back.logits(X), model.logits(X))
+    assert back.train_step(X, y) == model.train_step(X, y)
+    np.testing.assert_array_equal(back.params, model.params)

@@ -496,3 +496,23 @@ def test_batchnorm_without_running_stats_normalises_all_rows_together():
     with pytest.raises(ValueError, match="at least 2 validation rows"):
         m.fit(X[:64], y[:64], epochs=1, batch_size=32, validation_data=(X[:1], y[:1]), verbose=False)
     assert m.step_count == 0                         # refused before training
+
+
+def test_changed_layer_settings_are_honoured():
+    X, y = _data(32)
+    a, b = _bn_model(rng=1), _bn_model(rng=1)
+    a.train_step(X, y)
+    b.train_step(X, y)
+    a.layers[1].momentum = 0.5
+    a.layers[3].p = 0.0
+    fresh = nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16, momentum=0.5), nn.ReLU(), nn.Dropout(0.0),
+                          nn.Linear(16, 3), dtype="float64", rng=1)
+    fresh.load_state_dict(b.state_dict())
+    fresh.seed, fresh.step_count = b.seed, b.step_count
+    fresh.compile("adam")
+    fresh.optimizer.load_state_dict(b.optimizer.state_dict())
+    assert a.train_step(X, y) == fresh.train_step(X, y)
+    np.testing.assert_array_equal(a.state_dict()["1.running_mean"], fresh.state_dict()["1.running_mean"])
+    a.layers[0].out_features_ = 8
+    with pytest.raises(ValueError, match="changed its sizes"):
+        a.train_step(X, y)

@@ -23,7 +23,20 @@ __all__ = ["Layer", "Linear", "BatchNorm1d", "Dropout", "ReLU", "LeakyReLU", "Si
 
 
 class Layer:
-    """Base class: a layer's parameters, buffers and configuration."""
+    """Base class: a layer's parameters, buffers and configuration.
+
+    Changing a setting of a layer that a model already uses (``bn.momentum =
+    0.5``, ``drop.p = 0.3``) is honoured: every change bumps
+    ``Layer.generation``, and a model whose compiled plans predate it makes
+    them again before its next call.  Sizes cannot change (ValueError)."""
+
+    #: bumped whenever an attribute that a layer already had is set again
+    generation = 0
+
+    def __setattr__(self, name, value):
+        if name in self.__dict__:
+            Layer.generation += 1
+        object.__setattr__(self, name, value)
 
     #: names of the trainable arrays, in buffer order
     param_names = ()

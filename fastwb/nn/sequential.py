@@ -105,6 +105,7 @@ class Sequential:
         unpickling, and in a forked child: see :mod:`fastwb.nn.plan`)."""
         self._workspaces = OrderedDict()      # training: batch -> Workspace, least recently used first
         self._pool = WorkspacePool()          # inference
+        self._generation = Layer.generation   # the layer settings the plans were made with
         self._training_lock = threading.Lock()
         MODELS.add(self)
 
@@ -246,8 +247,22 @@ class Sequential:
         X = self._check_x(X)
         return X, self.loss.targets(y, X.shape[0], self.out_features, self.dtype, name)
 
+    def _replan(self):
+        """Make the stages and plans again after a layer's setting changed (see
+        :class:`fastwb.nn.layers.Layer`)."""
+        for i, layer in enumerate(self.layers):
+            if layer.param_shapes() != {k: v.shape for k, v in self._params[i].items()} or \
+                    layer.buffer_shapes() != {k: v.shape for k, v in self._buffers[i].items()}:
+                raise ValueError(f"layer {i} ({layer!r}) changed its sizes after the model was built; build a new model")
+        self._plan = stages(self.layers)
+        self._workspaces.clear()
+        self._pool = WorkspacePool()
+        self._generation = Layer.generation
+
     def _workspace(self, n):
         """The training workspace for ``n`` rows (only inside a :func:`trains` method)."""
+        if self._generation != Layer.generation:
+            self._replan()
         ws = self._workspaces.pop(n, None)
         if ws is None:
             ws = Workspace(self, n)
@@ -463,6 +478,8 @@ class Sequential:
             batch_size = check_int("batch_size", batch_size, 1)
         X = self._check_x(X)
         n = X.shape[0]
+        if self._generation != Layer.generation:
+            self._replan()
         if self._stats_in_eval():
             batch_size = max(n, 1)
         if 0 < n <= batch_size:                 # one chunk: the latency path
