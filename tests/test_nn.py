@@ -516,3 +516,15 @@ def test_changed_layer_settings_are_honoured():
     a.layers[0].out_features_ = 8
     with pytest.raises(ValueError, match="changed its sizes"):
         a.train_step(X, y)
+
+
+def test_pruning_masks_survive_a_v2_checkpoint(tmp_path):
+    X, y = _data(64)
+    m = _bn_model()
+    m.fit(X, y, epochs=2, batch_size=32, verbose=False, rng=0, prune_schedule=0.5)
+    m.save(tmp_path / "p.fwb", with_optimizer=True)
+    back = nn.load(tmp_path / "p.fwb")
+    assert back.masks is not None and all(np.array_equal(a, b) for a, b in zip(back.masks, m.masks))
+    back.compile("adam", lr=0.1)                       # a new optimizer keeps the masks too
+    back.fit(X, y, epochs=2, batch_size=32, verbose=False, rng=1)
+    assert back.sparsity() >= 0.5 - 1e-9

@@ -548,14 +548,22 @@ class Sequential:
         if self.optimizer is not None:
             self.optimizer.set_masks([self._flat_mask()])
 
+    def _weight_places(self):
+        """(offset, shape) of every Linear weight in ``params``."""
+        return [(offset, shape) for name, kind, offset, shape in self._names
+                if kind == "param" and isinstance(self.layers[int(name.split(".")[0])], Linear)
+                and name.endswith(".weight")]
+
     def _flat_mask(self):
+        """The pruning masks as one keep-mask over ``params`` (the optimizer's)."""
         mask = np.ones(self.params.size, bool)
-        weights = iter(self.masks)
-        for name, kind, offset, shape in self._names:
-            layer = self.layers[int(name.split(".")[0])]
-            if kind == "param" and isinstance(layer, Linear) and name.endswith(".weight"):
-                mask[offset:offset + math.prod(shape)] = next(weights).reshape(-1)
+        for (offset, shape), m in zip(self._weight_places(), self.masks):
+            mask[offset:offset + math.prod(shape)] = m.reshape(-1)
         return mask
+
+    def _masks_from_flat(self, mask):
+        """The per-weight pruning masks of a keep-mask over ``params`` (a checkpoint's)."""
+        return [mask[offset:offset + math.prod(shape)].reshape(shape).copy() for offset, shape in self._weight_places()]
 
     def sparsity(self):
         """Fraction of exactly-zero Linear weights."""
@@ -732,6 +740,8 @@ def load(path):
             opt.load_state_dict({"optimizer": name, "hyper": hyper, "step": info.get("step"), "state": [state],
                                  "masks": [mask]})
             model.optimizer = opt
+            if mask is not None:            # pruning goes on growing from the saved masks
+                model.masks = model._masks_from_flat(opt.masks[0])
     return model
 
 
