@@ -76,9 +76,10 @@ cdef class _PlanStage:
     # arrays (objects: the GEMMs take ndarrays; also keep the memory alive)
     cdef object out, outT, pre, grad_in, work, weight, weightT, dweight
     # a dense stage's GEMM arguments (a, b, out), [0] in eval mode, [1] in training (dropout
-    # changes where the forward writes and which gradient the backward reads); stage 0's
-    # forward and weight-gradient arguments depend on X and live in the Plan
-    cdef tuple fwd, dw, gx
+    # changes where the forward writes and which gradient the backward reads): dst and gin
+    # are those (out, gradient) pairs; fwd and dw also name the stage's input, which for
+    # stage 0 is X (set by _bind_x for each call's X)
+    cdef tuple dst, gin, fwd, dw, gx
     cdef object bias, dbias, gamma, beta, dgamma, dbeta, rmean, rvar, mean, invstd
     # their data
     cdef void *p_out
@@ -145,7 +146,6 @@ cdef class Plan:
     cdef Py_ssize_t n, w_first, w_last
     cdef object grad_out, row_loss, nbt, last_out
     cdef object x_last, pinned_x
-    cdef tuple x_fwd, x_dw
     cdef long long *p_nbt
 
     def __init__(self, stages, grad_out, row_loss, loss, int nt_loss, nbt, pinned_x=None):
@@ -262,7 +262,6 @@ cdef class Plan:
         self.p_nbt = <long long *>_ptr(nbt)
         self.last_out = (<_PlanStage>self.stages[self.L - 1]).out
         self.x_last = None
-        self.x_fwd = self.x_dw = None
         self.pinned_x = pinned_x
         # the GEMMs' argument tuples
         for k in range(self.L):
@@ -270,18 +269,13 @@ cdef class Plan:
             if s.kind != _DENSE:
                 continue
             g_in = self.grad_out if k == self.L - 1 else (<_PlanStage>self.stages[k + 1]).grad_in
-            g = (g_in, s.work if s.p else g_in)          # the gradient the GEMMs read, eval / training
-            dst = (s.out, s.pre if s.p else s.out)        # where the forward GEMM writes, eval / training
+            s.gin = (g_in, s.work if s.p else g_in)      # the gradient the GEMMs read, eval / training
+            s.dst = (s.out, s.pre if s.p else s.out)    # where the forward GEMM writes, eval / training
             if k > 0:
                 prev = <_PlanStage>self.stages[k - 1]
-                s.fwd = ((prev.out, s.weight, dst[0]), (prev.out, s.weight, dst[1]))
-                if not self.forward_only:
-                    s.dw = ((prev.outT, g[0], s.dweight), (prev.outT, g[1], s.dweight))
-            else:
-                s.fwd = (dst, )     # completed with X by _bind_x
-                s.dw = (g, )
+                _set_input(s, prev.out, prev.outT, not self.forward_only)
             if not self.forward_only:
-                s.gx = ((g[0], s.weightT, s.grad_in), (g[1], s.weightT, s.grad_in))
+                s.gx = ((s.gin[0], s.weightT, s.grad_in), (s.gin[1], s.weightT, s.grad_in))
 
     def forward(self, X, bint training, unsigned long long step):
         """Output of the batch X (a view of the last stage's output buffer): in
@@ -331,6 +325,12 @@ cdef inline bint _is_block(object a, int typenum, Py_ssize_t rows, Py_ssize_t co
     return cnp.PyArray_NDIM(arr) == 2 and cnp.PyArray_DIM(arr, 0) == rows and cnp.PyArray_DIM(arr, 1) == cols
 
 
+cdef void _set_input(_PlanStage s, object a, object aT, bint backward):
+    """A dense stage's forward and weight-gradient GEMM arguments for its input a (a.T: aT)."""
+    s.fwd = ((a, s.weight, s.dst[0]), (a, s.weight, s.dst[1]))
+    s.dw = ((aT, s.gin[0], s.dweight), (aT, s.gin[1], s.dweight)) if backward else None
+
+
 cdef int _bind_x(Plan P, object X) except -1:
     """Stage 0's GEMM arguments for the input X (remade only when another X object comes)."""
     cdef _PlanStage s = <_PlanStage>P.stages[0]
@@ -338,17 +338,16 @@ cdef int _bind_x(Plan P, object X) except -1:
         return 0
     P.x_last = X
     if s.kind == _DENSE:
-        dst, g = s.fwd[0], s.dw[0]
-        P.x_fwd = ((X, s.weight, dst[0]), (X, s.weight, dst[1]))
-        if not P.forward_only:
-            P.x_dw = ((X.T, g[0], s.dweight), (X.T, g[1], s.dweight))
+        _set_input(s, X, X.T, not P.forward_only)
     return 0
 
 
 cdef inline void _release_x(Plan P, object X):
+    """Forget X unless it is the pinned input: the plan keeps no caller's array alive."""
+    cdef _PlanStage s = <_PlanStage>P.stages[0]
     if X is not P.pinned_x:
         P.x_last = None
-        P.x_fwd = P.x_dw = None
+        s.fwd = s.dw = None
 
 
 cdef int _check_x(Plan P, object X) except -1:
@@ -387,7 +386,7 @@ cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step
         out = <floating *>s.p_out
         if s.kind == _DENSE:
             y = <floating *>s.p_pre if p else out
-            _gemm(<tuple>(P.x_fwd if k == 0 else s.fwd)[1 if p else 0])
+            _gemm(<tuple>s.fwd[1 if p else 0])
             if s.p_bias != NULL or s.code:
                 with nogil:
                     bias_act_2d(<const floating *>y, <const floating *>s.p_bias, y, n, m, s.code, s.alpha, s.nt_act)
@@ -468,7 +467,7 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
                                            s.alpha, s.nt_col)
                     else:
                         colsum_2d(<const floating *>g, <floating *>s.p_dbias, n, m, s.nt_col)
-                _gemm(<tuple>(P.x_dw if k == 0 else s.dw)[1 if p else 0])
+                _gemm(<tuple>s.dw[1 if p else 0])
             elif s.code:
                 with nogil:
                     act_grad_1d(<const floating *>g, a, g, size, s.code, s.alpha, s.nt_act)
