@@ -93,19 +93,27 @@ FWB_INLINE_N uint32_t fwb_dropout_bits(uint32_t lo, uint32_t k0, uint32_t k1) {
     return fwb_mix32(fwb_mix32(lo ^ k0) ^ k1);
 }
 
-/* length of the stretch from element `start` that stays in one 2^32 block */
-static inline ptrdiff_t fwb_block_run(uint64_t start, ptrdiff_t len) {
-    uint64_t room = ((uint64_t)1 << 32) - (start & 0xffffffffULL);
+/* The stretch of at most len elements from element `start` that shares one key
+ * (one 2^32 block): its length, with the generator's counter of its first
+ * element in *lo and the key's halves in *k0, *k1.  Every loop over dropped
+ * elements walks its array in such stretches. */
+FWB_INLINE_N ptrdiff_t fwb_dropout_run(const fwb_dropout_t *d, uint64_t start, ptrdiff_t len, uint32_t *lo,
+                                       uint32_t *k0, uint32_t *k1) {
+    uint64_t key = fwb_dropout_key(d, start >> 32);
+    uint64_t room = ((uint64_t)1 << 32) - (start & 0xffffffffULL);     /* elements left in the block */
+    *lo = (uint32_t)start;
+    *k0 = (uint32_t)key;
+    *k1 = (uint32_t)(key >> 32);
     return (uint64_t)len < room ? len : (ptrdiff_t)room;
 }
 
 /* mask[j] = 1 if element start + j is kept, else 0 */
 FWB_CLONES FWB_HEADER_FN static void fwb_dropout_mask(unsigned char *mask, ptrdiff_t len, uint64_t start,
                                                       const fwb_dropout_t *d) {
+    const uint32_t t = d->threshold;
+    uint32_t lo, k0, k1;
     while (len > 0) {
-        ptrdiff_t w = fwb_block_run(start, len);
-        uint64_t key = fwb_dropout_key(d, start >> 32);
-        uint32_t lo = (uint32_t)start, k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32), t = d->threshold;
+        ptrdiff_t w = fwb_dropout_run(d, start, len, &lo, &k0, &k1);
         uint32_t c = lo;
         for (ptrdiff_t j = 0; j < w; j++, c++)
             mask[j] = fwb_dropout_bits(c, k0, k1) >= t;

@@ -37,10 +37,10 @@
 FWB_CLONES FWB_HEADER_FN static void FWB_FN(fwb_dropout)(const FWB_T *x, FWB_T *y, ptrdiff_t len, uint64_t start,
                                                         const fwb_dropout_t *d) {
     const FWB_T s = (FWB_T)d->scale;
+    const uint32_t t = d->threshold;
+    uint32_t lo, k0, k1;
     while (len > 0) {
-        ptrdiff_t w = fwb_block_run(start, len);
-        uint64_t key = fwb_dropout_key(d, start >> 32);
-        uint32_t lo = (uint32_t)start, k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32), t = d->threshold;
+        ptrdiff_t w = fwb_dropout_run(d, start, len, &lo, &k0, &k1);
         uint32_t c = lo;
         for (ptrdiff_t j = 0; j < w; j++, c++) {
             FWB_T v = x[j] * s;     /* unconditionally: a select vectorises, a masked load is slow */
@@ -136,11 +136,11 @@ static inline FWB_T FWB_FN(fwb_tanh_deriv)(FWB_T z) {
  * row's first element being element `base` of the whole array */
 FWB_INLINE_N void FWB_FN(fwb_bn_apply_row)(const FWB_T *xr, FWB_T *yr, ptrdiff_t w, const FWB_T *mu, const FWB_T *a,
                                           const FWB_T *b, int act, FWB_T alpha, const fwb_dropout_t *d, uint64_t base) {
-    ptrdiff_t j;
+    ptrdiff_t j, len = w;       /* the loops' length: the row, or one stretch of it (dropout) */
     uint32_t c, lo = 0, k0 = 0, k1 = 0;
-#define FWB_PLAIN(F, D) for (j = 0; j < w; j++) yr[j] = F((xr[j] - mu[j]) * a[j] + b[j]);
+#define FWB_PLAIN(F, D) for (j = 0; j < len; j++) yr[j] = F((xr[j] - mu[j]) * a[j] + b[j]);
 #define FWB_DROPPED(F, D)                                                    \
-    for (j = 0, c = lo; j < w; j++, c++) {                                  \
+    for (j = 0, c = lo; j < len; j++, c++) {                                \
         FWB_T v = F((xr[j] - mu[j]) * a[j] + b[j]) * s;                     \
         yr[j] = fwb_dropout_bits(c, k0, k1) >= t ? v : (FWB_T)0;            \
     }
@@ -150,18 +150,10 @@ FWB_INLINE_N void FWB_FN(fwb_bn_apply_row)(const FWB_T *xr, FWB_T *yr, ptrdiff_t
     }
     const FWB_T s = (FWB_T)d->scale;
     const uint32_t t = d->threshold;
-    while (w > 0) {
-        ptrdiff_t run = fwb_block_run(base, w);
-        uint64_t key = fwb_dropout_key(d, base >> 32);
-        lo = (uint32_t)base;
-        k0 = (uint32_t)key;
-        k1 = (uint32_t)(key >> 32);
-        ptrdiff_t w_all = w;
-        w = run;
+    for (; w > 0; w -= len, base += (uint64_t)len) {
+        len = fwb_dropout_run(d, base, w, &lo, &k0, &k1);
         FWB_BN_SWITCH(FWB_DROPPED)
-        xr += run; yr += run; mu += run; a += run; b += run;
-        w = w_all - run;
-        base += (uint64_t)run;
+        xr += len; yr += len; mu += len; a += len; b += len;
     }
 #undef FWB_PLAIN
 #undef FWB_DROPPED
@@ -205,10 +197,10 @@ FWB_INLINE_N void FWB_FN(fwb_bn_grad_row)(const FWB_T *gr, const FWB_T *xr, FWB_
                                          const FWB_T *mu, const FWB_T *is, const FWB_T *a, const FWB_T *b,
                                          const FWB_T *e, double *sg, double *sgx, int act, FWB_T alpha,
                                          const fwb_dropout_t *d, uint64_t base) {
-    ptrdiff_t j;
+    ptrdiff_t j, len = w;                   /* the loops' length: the row, or one stretch of it */
     uint32_t c, lo = 0, k0 = 0, k1 = 0;     /* the counter and key of the dropout generator */
 #define FWB_GRAD(F, D, GD)                                   \
-    for (j = 0, c = lo; j < w; j++, c++) {                   \
+    for (j = 0, c = lo; j < len; j++, c++) {                 \
         FWB_T xc = xr[j] - mu[j];                            \
         FWB_T z = xc * a[j] + b[j];                          \
         FWB_T gz = (GD) * D(z);                              \
@@ -226,19 +218,11 @@ FWB_INLINE_N void FWB_FN(fwb_bn_grad_row)(const FWB_T *gr, const FWB_T *xr, FWB_
     }
     const FWB_T s = (FWB_T)d->scale;
     const uint32_t t = d->threshold;
-    while (w > 0) {
-        ptrdiff_t run = fwb_block_run(base, w);
-        uint64_t key = fwb_dropout_key(d, base >> 32);
-        lo = (uint32_t)base;
-        k0 = (uint32_t)key;
-        k1 = (uint32_t)(key >> 32);
-        ptrdiff_t w_all = w;
-        w = run;
+    for (; w > 0; w -= len, base += (uint64_t)len) {
+        len = fwb_dropout_run(d, base, w, &lo, &k0, &k1);
         FWB_BN_SWITCH(FWB_DROPPED)
-        gr += run; xr += run; o += run; mu += run; is += run; a += run; b += run; e += run;
-        sg += run; sgx += run;
-        w = w_all - run;
-        base += (uint64_t)run;
+        gr += len; xr += len; o += len; mu += len; is += len; a += len; b += len; e += len;
+        sg += len; sgx += len;
     }
 #undef FWB_GRAD
 #undef FWB_PLAIN
