@@ -3,8 +3,9 @@ NumPy twin and PyTorch, and dropout against the machine's copy bandwidth.
 
     python bench/bench_norm.py [--quick] [--threads N] [--rounds R]
 
-``cases(dtype)`` returns the in-process contenders (fastwb and its twin) per
-workload, for fastwb/benchmark.py to wire in.  PyTorch shares libgomp with
+``cases(dtype)`` returns the in-process contenders (fastwb, its twin, and a
+copy for dropout) per workload, built by fastwb/benchmark.py's ``bn_step``,
+the same steps ``fastwb bench`` times.  PyTorch shares libgomp with
 fastwb, so it is timed in fresh processes of its own (``torch_alone``),
 alternating with fastwb-alone processes, and the ratio is the median over
 rounds of the paired ratios.
@@ -24,54 +25,11 @@ DROPOUT_N = 1 << 24
 DROPOUT_P = 0.2
 
 
-def _bn_data(n, m, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, m)).astype(dtype)
-    g = rng.standard_normal((n, m)).astype(dtype)
-    gamma = (1 + 0.1 * rng.standard_normal(m)).astype(dtype)
-    beta = (0.1 * rng.standard_normal(m)).astype(dtype)
-    return x, g, gamma, beta
-
-
-def bn_step(impl, n, m, dtype=np.float32):
-    """One BatchNorm1d forward+backward in training mode (running statistics
-    updated) with ``impl`` (fastwb.normalization or its twin), writing into
-    preallocated arrays."""
-    x, g, gamma, beta = _bn_data(n, m, dtype)
-    rm, rv = np.zeros(m, dtype), np.ones(m, dtype)
-    y, dx, work = (np.empty((n, m), dtype) for _ in range(3))
-    mean, invstd, dgamma, dbeta = (np.empty(m, dtype) for _ in range(4))
-
-    def step():
-        _, mu, s = impl.batch_norm(x, gamma, beta, rm, rv, out=y, stats=(mean, invstd))
-        impl.batch_norm_backward(g, x, mu, s, gamma, beta, out=(dx, dgamma, dbeta), work=work)
-    return step
-
-
-def torch_bn_step(n, m, dtype=np.float32):
-    """PyTorch's BatchNorm1d (training mode) forward and backward on the same data."""
-    import torch
-
-    x, g, gamma, beta = _bn_data(n, m, dtype)
-    bn = torch.nn.BatchNorm1d(m, dtype=torch.float32 if np.dtype(dtype) == np.float32 else torch.float64)
-    with torch.no_grad():
-        bn.weight.copy_(torch.from_numpy(gamma))
-        bn.bias.copy_(torch.from_numpy(beta))
-    xt = torch.from_numpy(x).requires_grad_(True)
-    gt = torch.from_numpy(g)
-
-    def step():
-        xt.grad = None
-        bn.weight.grad = None
-        bn.bias.grad = None
-        bn(xt).backward(gt)
-    return step
-
-
 def cases(dtype=np.float32):
     """``{workload: {contender: fn}}`` for fastwb and its NumPy twin."""
     import fastwb.normalization as fast
     import fastwb.reference.normalization as twin
+    from fastwb.benchmark import bn_step
 
     out = {}
     for n, m in BN_SHAPES:
@@ -87,28 +45,21 @@ def cases(dtype=np.float32):
 
 
 _ALONE = r"""
-import json, sys, time
-import numpy as np
+import json, sys
 which, threads = sys.argv[1], int(sys.argv[2])
 sys.path.insert(0, sys.argv[3])
 if which == "torch":
     import torch
     torch.set_num_threads(threads)
 import fastwb
+import fastwb.normalization as fast
+from fastwb.benchmark import bn_step, median_seconds, torch_bn_step
 fastwb.set_num_threads(threads)
 import bench_norm as B
-def med(f, reps):
-    for _ in range(5):
-        f()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
 out = {}
 for n, m in B.BN_SHAPES:
-    import fastwb.normalization as fast
-    f = B.torch_bn_step(n, m) if which == "torch" else B.bn_step(fast, n, m)
-    out[f"{n}x{m}"] = med(f, 400 if n * m < 1 << 20 else 40)
+    f = torch_bn_step(n, m) if which == "torch" else bn_step(fast, n, m)
+    out[f"{n}x{m}"] = median_seconds(f, 400 if n * m < 1 << 20 else 40)
 print(json.dumps(out))
 """
 

@@ -367,36 +367,51 @@ def _train_case(sizes, batch, dtype, threads):
     return out
 
 
+def _bn_data(n, m, dtype):
+    rng = np.random.default_rng(0)
+    return tuple(rng.standard_normal((n, m)).astype(dtype) for _ in range(2))
+
+
+def bn_step(impl, n, m, dtype=np.float32):
+    """One BatchNorm1d forward + backward (training, gamma 1, beta 0) on an (n, m)
+    batch with ``impl`` (fastwb.normalization or its twin), into preallocated arrays."""
+    x, g = _bn_data(n, m, dtype)
+    gamma, beta = np.ones(m, dtype), np.zeros(m, dtype)
+    y, gx = np.empty_like(x), np.empty_like(x)
+    mean, invstd, gg, gb = (np.empty(m, dtype) for _ in range(4))
+
+    def step():
+        impl.batch_norm(x, gamma, beta, out=y, stats=(mean, invstd))
+        impl.batch_norm_backward(g, x, mean, invstd, gamma, beta, out=(gx, gg, gb))
+    return step
+
+
+def torch_bn_step(n, m, dtype=np.float32):
+    """The same in PyTorch's BatchNorm1d; None without PyTorch."""
+    torch = _torch()
+    if torch is None:
+        return None
+    x, g = _bn_data(n, m, dtype)
+    bn = torch.nn.BatchNorm1d(m, dtype=torch.float32 if np.dtype(dtype) == np.float32 else torch.float64)
+    tx, tg = torch.tensor(x, requires_grad=True), torch.tensor(g)
+
+    def step():
+        tx.grad = None
+        bn.zero_grad(set_to_none=True)
+        bn(tx).backward(tg)
+    return step
+
+
 def _bn_case(n, m, dtype, threads):
     """BatchNorm1d forward + backward (training) on an (n, m) batch."""
     import fastwb.normalization as fast
     import fastwb.reference.normalization as twin
 
-    rng = np.random.default_rng(0)
-    x, g = (rng.standard_normal((n, m)).astype(dtype) for _ in range(2))
-    gamma, beta = np.ones(m, dtype), np.zeros(m, dtype)
-
-    def make(impl):
-        y, gx = np.empty_like(x), np.empty_like(x)
-        mean, invstd, gg, gb = (np.empty(m, dtype) for _ in range(4))
-
-        def step():
-            impl.batch_norm(x, gamma, beta, out=y, stats=(mean, invstd))
-            impl.batch_norm_backward(g, x, mean, invstd, gamma, beta, out=(gx, gg, gb))
-        return step
-    out = {"fastwb": make(fast), "numpy": make(twin)}
-    torch = _torch()
-    if torch is not None:
-        torch.set_num_threads(threads)
-        tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
-        bn = torch.nn.BatchNorm1d(m, dtype=tdtype)
-        tx, tg = torch.tensor(x, requires_grad=True), torch.tensor(g)
-
-        def tstep():
-            tx.grad = None
-            bn.zero_grad(set_to_none=True)
-            bn(tx).backward(tg)
-        out["torch"] = tstep
+    out = {"fastwb": bn_step(fast, n, m, dtype), "numpy": bn_step(twin, n, m, dtype)}
+    step = torch_bn_step(n, m, dtype)
+    if step is not None:
+        _torch().set_num_threads(threads)
+        out["torch"] = step
     return out
 
 
@@ -558,6 +573,19 @@ def cases(quick, dtypes):
 # running
 # ---------------------------------------------------------------------------
 
+def median_seconds(fn, reps, warmup=5):
+    """Median wall time of ``reps`` calls of fn after ``warmup`` untimed ones (the
+    own-process scripts' timer)."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
 def _once(fn):
     t0 = time.perf_counter()
     fn()
@@ -712,7 +740,7 @@ def thread_scaling(quick, say):
 
 
 _ALONE = r"""
-import json, sys, time
+import json, sys
 import numpy as np
 which, quick = sys.argv[1], sys.argv[2] == "1"
 if which == "torch":
@@ -723,13 +751,7 @@ from fastwb import benchmark
 from fastwb.benchmark import torch_train_step
 fastwb.set_num_threads(int(sys.argv[3]))
 n = 1 << (20 if quick else 24)
-def med(f, reps):
-    for _ in range(5):
-        f()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+med = benchmark.median_seconds
 out = {}
 for sizes, b in (([784, 256, 10], 128), ([16, 32, 32, 4], 32)):
     key = "train step " + "-".join(map(str, sizes)) + f" b{b}"
