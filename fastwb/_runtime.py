@@ -108,31 +108,25 @@ def _ratio(quota, period):
     return Fraction(quota, period)
 
 
-def _v2_quota(dirs):
-    best = None
-    for d in dirs:
-        text = _read_text(os.path.join(d, "cpu.max"))
-        if text is None:
-            continue
-        fields = text.split()
-        if len(fields) != 2 or fields[0] == "max":
-            continue                    # "max 100000": no limit at this level
-        try:
-            q = _ratio(int(fields[0]), int(fields[1]))
-        except ValueError:
-            continue
-        if q is not None and (best is None or q < best):
-            best = q
-    return best
+def _v2_quota_at(d):
+    """The cgroup v2 quota of directory d (``cpu.max``: "quota period"; "max ...": none)."""
+    fields = (_read_text(os.path.join(d, "cpu.max")) or "").split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        return _ratio(int(fields[0]), int(fields[1]))
+    except ValueError:
+        return None
 
 
-def _v1_quota(dirs):
-    best = None
-    for d in dirs:
-        q = _ratio(_read_int(os.path.join(d, "cpu.cfs_quota_us")), _read_int(os.path.join(d, "cpu.cfs_period_us")))
-        if q is not None and (best is None or q < best):
-            best = q                    # quota -1: no limit at this level (_ratio: None)
-    return best
+def _v1_quota_at(d):
+    """The cgroup v1 CFS quota of directory d (quota -1: none)."""
+    return _ratio(_read_int(os.path.join(d, "cpu.cfs_quota_us")), _read_int(os.path.join(d, "cpu.cfs_period_us")))
+
+
+def _smallest_quota(dirs, quota_at):
+    """The smallest quota on the walk ``dirs`` (a quota bounds every cgroup below it), or None."""
+    return min((q for q in map(quota_at, dirs) if q is not None), default=None)
 
 
 def _cgroup_quota(root):
@@ -150,7 +144,7 @@ def _cgroup_quota(root):
         if ident == "0" and controllers == "":
             # cgroup v2; on a hybrid system its hierarchy is mounted at unified/
             for mount in (base, os.path.join(base, "unified")):
-                q = _v2_quota(_cgroup_dirs(mount, path))
+                q = _smallest_quota(_cgroup_dirs(mount, path), _v2_quota_at)
                 if q is not None:
                     found.append((q, "cgroup v2 cpu.max"))
         elif "cpu" in controllers.split(","):
@@ -159,7 +153,7 @@ def _cgroup_quota(root):
                 names = (controllers,) + names
             mounts = dict.fromkeys(os.path.join(base, m) for m in names)
             for mount in mounts:
-                q = _v1_quota(_cgroup_dirs(mount, path))
+                q = _smallest_quota(_cgroup_dirs(mount, path), _v1_quota_at)
                 if q is not None:
                     found.append((q, "cgroup v1 cfs quota"))
     if not found:
