@@ -114,7 +114,7 @@ class Workspace:
 
     def __init__(self, model, n, training=True):
         dt = model.dtype
-        self.n = self.batch = n
+        self.batch = n
         self.training = training
         self.out, self.pre, self.grad_in, self.work, self.gb = [], [], [], [], []
         self.mean, self.invstd = [], []
