@@ -276,18 +276,17 @@ class Sequential:
         """The dropout seed of a stage: the model's seed mixed with the stage's position."""
         return (self.seed * 1000003 + stage.index) % (2**31 - 1)
 
-    def _stats_in_eval(self):
-        """True when a BatchNorm1d keeps no running statistics (batch statistics in eval mode too)."""
-        return any(st.kind == "bn" and not st.layer.track_running_stats for st in self._plan)
+    def _batch_stats(self, training):
+        """Positions of the BatchNorm1d layers that normalise by batch statistics in
+        this mode (all of them in training; those keeping no running statistics in eval)."""
+        return [st.index for st in self._plan if st.kind == "bn" and (training or not st.layer.track_running_stats)]
 
     def _check_rows(self, n, training):
         """BatchNorm on batch statistics needs two rows (PyTorch's rule), checked
         before the compiled plan runs."""
-        if n < 2:
-            for st in self._plan:
-                if st.kind == "bn" and (training or not st.layer.track_running_stats):
-                    raise ValueError(f"BatchNorm1d (layer {st.index}) on batch statistics needs at least 2 rows, "
-                                     f"got {n} (as PyTorch: use eval mode for single samples)")
+        if n < 2 and (layers := self._batch_stats(training)):
+            raise ValueError(f"BatchNorm1d (layer {layers[0]}) on batch statistics needs at least 2 rows, "
+                             f"got {n} (as PyTorch: use eval mode for single samples)")
 
     def _forward(self, X, ws, training):
         """The output of X (C-contiguous, checked) through the compiled plan."""
@@ -390,13 +389,13 @@ class Sequential:
             Xv = self._check_x(Xv, "validation X")
             if Xv.shape[0] == 0:
                 raise ValueError("validation X is empty")
-            if Xv.shape[0] < 2 and self._stats_in_eval():
+            if Xv.shape[0] < 2 and self._batch_stats(False):
                 raise ValueError("a BatchNorm1d without running statistics needs at least 2 validation rows")
             validation_data = (Xv,
                                self.loss.targets(yv, len(Xv), self.out_features, self.dtype, "validation y"))
         seed = int(init.as_generator(rng).integers(0, 2**63 - 1)) if not isinstance(rng, (int, np.integer)) else int(rng)
         steps_per_epoch = -(-n // batch_size)
-        if n % batch_size == 1 and any(st.kind == "bn" for st in self._plan):
+        if n % batch_size == 1 and self._batch_stats(True):
             raise ValueError(f"{n} rows in batches of {batch_size} leave a last batch of one row, which "
                              "BatchNorm1d cannot normalise on batch statistics; choose another batch_size")
         schedule = prune.schedule_for(prune_schedule, epochs * steps_per_epoch)
@@ -480,7 +479,7 @@ class Sequential:
         n = X.shape[0]
         if self._generation != Layer.generation:
             self._replan()
-        if self._stats_in_eval():
+        if self._batch_stats(False):
             batch_size = max(n, 1)
         if 0 < n <= batch_size:                 # one chunk: the latency path
             self._check_rows(n, False)
