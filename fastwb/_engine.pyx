@@ -17,6 +17,8 @@ from cython cimport floating
 from libc.string cimport memcpy
 
 from fastwb._dense cimport act_1d, act_grad_1d, act_grad_colsum_2d, bias_act_2d, colsum_2d
+from fastwb._gemm cimport (EPI_ACT_GRAD, EPI_ACT_GRAD_COLSUM, EPI_BIAS_ACT, EPI_NONE, Epilogue, blas_enter,
+                           blas_exit, ready, tiled_gemm)
 from fastwb._losses cimport bce_logits_2d, mse_2d, xent_2d
 from fastwb._norm cimport bn_backward_2d, bn_forward_2d, dropout_1d
 
@@ -69,7 +71,7 @@ cdef inline void *_ptr(object a) noexcept:
 cdef class _PlanStage:
     """One fused stage of a Plan: its arrays (kept alive here), their data
     pointers, its transposed views and its scalars."""
-    cdef int kind, code, nt_act, nt_col, nt_drop, nt_bn, track, nbt_index, cumulative
+    cdef int kind, code, nt_act, nt_col, nt_drop, nt_bn, nt_fwd, nt_dw, nt_dx, track, nbt_index, cumulative
     cdef double alpha, p, eps, momentum
     cdef unsigned long long seed
     cdef Py_ssize_t w_in, w_out, size
@@ -83,6 +85,8 @@ cdef class _PlanStage:
     cdef object bias, dbias, gamma, beta, dgamma, dbeta, rmean, rvar, mean, invstd
     # their data
     cdef void *p_out
+    cdef void *p_weight
+    cdef void *p_dweight
     cdef void *p_pre
     cdef void *p_grad_in
     cdef void *p_work
@@ -143,6 +147,7 @@ cdef class Plan:
     cdef list stages
     cdef int L, loss_kind, nt_loss, typenum
     cdef bint f64, forward_only
+    cdef public bint serial     # run every kernel and GEMM on one thread (a busy machine: see plan.py)
     cdef Py_ssize_t n, w_first, w_last
     cdef object grad_out, row_loss, nbt, last_out
     cdef object x_last, pinned_x
@@ -188,6 +193,10 @@ cdef class Plan:
                     raise ValueError(f"stage {k}: {name} must be >= 1")
             s.nt_act, s.nt_col, s.nt_drop, s.nt_bn = int(d["nt_act"]), int(d["nt_col"]), int(d["nt_drop"]), \
                 int(d["nt_bn"])
+            # a dense stage's GEMM threads: forward, weight gradient, input gradient
+            s.nt_fwd, s.nt_dw, s.nt_dx = (int(d.get(name, 1)) for name in ("nt_fwd", "nt_dw", "nt_dx"))
+            if min(s.nt_fwd, s.nt_dw, s.nt_dx) < 1:
+                raise ValueError(f"stage {k}: GEMM thread counts must be >= 1")
             out = d["out"]
             if not isinstance(out, cnp.ndarray) or out.ndim != 2:
                 raise ValueError(f"stage {k}: 'out' must be a 2-d array")
@@ -242,6 +251,7 @@ cdef class Plan:
                 raise ValueError(f"stage {k}: an {kind} stage keeps the width, got {w} -> {w_out}")
             s.p_out, s.p_pre, s.p_grad_in, s.p_work = _ptr(s.out), _ptr(s.pre), _ptr(s.grad_in), _ptr(s.work)
             s.p_bias, s.p_dbias = _ptr(s.bias), _ptr(s.dbias)
+            s.p_weight, s.p_dweight = _ptr(s.weight), _ptr(s.dweight)
             s.p_gamma, s.p_beta, s.p_dgamma, s.p_dbeta = _ptr(s.gamma), _ptr(s.beta), _ptr(s.dgamma), _ptr(s.dbeta)
             s.p_rmean, s.p_rvar, s.p_mean, s.p_invstd = _ptr(s.rmean), _ptr(s.rvar), _ptr(s.mean), _ptr(s.invstd)
             self.stages.append(s)
@@ -282,15 +292,17 @@ cdef class Plan:
         training, batch statistics (running statistics and num_batches_tracked
         updated) and dropout with the masks of `step`."""
         _check_x(self, X)
-        _bind_x(self, X)
         if training and self.forward_only:
             raise RuntimeError("a forward-only plan runs in inference mode only")
+        _bind_x(self, X)
+        blas_enter()
         try:
             if self.f64:
                 _plan_forward(self, X, training, step, <double>0)
             else:
                 _plan_forward(self, X, training, step, <float>0)
         finally:
+            blas_exit()
             _release_x(self, X)
         return self.last_out
 
@@ -304,11 +316,13 @@ cdef class Plan:
         _check_x(self, X)
         _check_y(self, y)
         _bind_x(self, X)
+        blas_enter()
         try:
             if self.f64:
                 return _plan_gradients(self, X, y, training, step, weights, input_gradient, <double>0)
             return _plan_gradients(self, X, y, training, step, weights, input_gradient, <float>0)
         finally:
+            blas_exit()
             _release_x(self, X)
 
 
@@ -369,9 +383,16 @@ cdef int _check_y(Plan P, object y) except -1:
     return 0
 
 
+cdef inline int _nt(Plan P, int nt) noexcept nogil:
+    """A kernel's planned thread count, or 1 while the plan runs serial."""
+    return 1 if P.serial else nt
+
+
 cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step, floating kind):
     cdef _PlanStage s
     cdef Py_ssize_t k, n = P.n, m, size
+    cdef bint tiled = ready()
+    cdef Epilogue epi
     cdef const floating *x = <const floating *>_data(X)
     cdef floating *y
     cdef floating *out
@@ -386,13 +407,21 @@ cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step
         out = <floating *>s.p_out
         if s.kind == _DENSE:
             y = <floating *>s.p_pre if p else out
-            _gemm(<tuple>s.fwd[1 if p else 0])
-            if s.p_bias != NULL or s.code:
+            if tiled:       # y = act(x @ W + b), bias and activation per tile
+                epi.kind = EPI_BIAS_ACT if s.p_bias != NULL or s.code else EPI_NONE
+                epi.act, epi.alpha, epi.bias = s.code, s.alpha, s.p_bias
                 with nogil:
-                    bias_act_2d(<const floating *>y, <const floating *>s.p_bias, y, n, m, s.code, s.alpha, s.nt_act)
+                    tiled_gemm(False, False, n, m, s.w_in, x, s.w_in, <const floating *>s.p_weight, m, y, m, &epi,
+                               _nt(P, s.nt_fwd))
+            else:
+                _gemm(<tuple>s.fwd[1 if p else 0])
+                if s.p_bias != NULL or s.code:
+                    with nogil:
+                        bias_act_2d(<const floating *>y, <const floating *>s.p_bias, y, n, m, s.code, s.alpha,
+                                    _nt(P, s.nt_act))
             if p:
                 with nogil:
-                    dropout_1d(<const floating *>y, out, size, 0, p, s.seed, step, s.nt_drop)
+                    dropout_1d(<const floating *>y, out, size, 0, p, s.seed, step, _nt(P, s.nt_drop))
         elif s.kind == _BN:
             batch_stats = training or not s.track
             factor = 0.0
@@ -404,16 +433,16 @@ cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step
                 bn_forward_2d(x, out, n, m, <floating *>s.p_mean, <floating *>s.p_invstd,
                               <const floating *>s.p_gamma, <const floating *>s.p_beta,
                               <floating *>s.p_rmean, <floating *>s.p_rvar, factor, s.eps, batch_stats,
-                              s.code, s.alpha, p, s.seed, step, s.nt_bn)
+                              s.code, s.alpha, p, s.seed, step, _nt(P, s.nt_bn))
         elif s.kind == _ACT:
             y = <floating *>s.p_pre if p else out
             with nogil:
-                act_1d(x, y, size, s.code, s.alpha, s.nt_act)
+                act_1d(x, y, size, s.code, s.alpha, _nt(P, s.nt_act))
                 if p:
-                    dropout_1d(<const floating *>y, out, size, 0, p, s.seed, step, s.nt_drop)
+                    dropout_1d(<const floating *>y, out, size, 0, p, s.seed, step, _nt(P, s.nt_drop))
         elif p:
             with nogil:
-                dropout_1d(x, out, size, 0, p, s.seed, step, s.nt_drop)
+                dropout_1d(x, out, size, 0, p, s.seed, step, _nt(P, s.nt_drop))
         else:
             with nogil:
                 memcpy(out, x, size * sizeof(floating))
@@ -422,7 +451,7 @@ cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step
 
 cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned long long step, bint weights,
                             bint input_gradient, floating kind):
-    cdef _PlanStage s
+    cdef _PlanStage s, prev
     cdef Py_ssize_t k, n = P.n, m = P.w_last, size
     cdef double loss, p
     cdef floating *g
@@ -433,18 +462,19 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
     cdef floating *grad
     cdef double *row_loss = <double *>_data(P.row_loss)
     cdef const void *target = _data(y)
-    cdef bint batch_stats
+    cdef bint batch_stats, tiled = ready(), fused = False, fuse
+    cdef Epilogue epi
     _plan_forward(P, X, training, step, kind)
     z = <const floating *>(<_PlanStage>P.stages[P.L - 1]).p_out
     grad = <floating *>_data(P.grad_out)
     with nogil:
         if P.loss_kind == _XENT:
-            loss = xent_2d(z, <const Py_ssize_t *>target, grad, row_loss, n, m, P.nt_loss)
+            loss = xent_2d(z, <const Py_ssize_t *>target, grad, row_loss, n, m, _nt(P, P.nt_loss))
         elif P.loss_kind == _MSE:
-            loss = mse_2d(z, <const floating *>target, grad, row_loss, n, m, P.nt_loss)
+            loss = mse_2d(z, <const floating *>target, grad, row_loss, n, m, _nt(P, P.nt_loss))
         else:
             loss = bce_logits_2d(z, <const floating *>target, <const floating *>NULL, grad, row_loss, n, m,
-                                 P.nt_loss)
+                                 _nt(P, P.nt_loss))
     g = grad
     for k in range(P.L - 1, -1, -1):
         s = <_PlanStage>P.stages[k]
@@ -456,23 +486,47 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
         if p and (s.kind == _DENSE or s.kind == _ACT):
             # the stage's own dropout first (mask recomputed), then its activation's derivative
             with nogil:
-                dropout_1d(<const floating *>g, <floating *>s.p_work, size, 0, p, s.seed, step, s.nt_drop)
+                dropout_1d(<const floating *>g, <floating *>s.p_work, size, 0, p, s.seed, step, _nt(P, s.nt_drop))
             g = <floating *>s.p_work
         a = <const floating *>(s.p_pre if p else s.p_out)
         if s.kind == _DENSE:
-            if weights:
+            # the activation derivative and bias gradient, unless the next stage's input-gradient GEMM
+            # already applied them to each of its tiles (fused)
+            if not fused:
                 with nogil:
-                    if s.code:
+                    if weights and s.code:
                         act_grad_colsum_2d(<const floating *>g, a, g, <floating *>s.p_dbias, n, m, s.code,
-                                           s.alpha, s.nt_col)
-                    else:
-                        colsum_2d(<const floating *>g, <floating *>s.p_dbias, n, m, s.nt_col)
-                _gemm(<tuple>s.dw[1 if p else 0])
-            elif s.code:
-                with nogil:
-                    act_grad_1d(<const floating *>g, a, g, size, s.code, s.alpha, s.nt_act)
-            if k > 0 or input_gradient:
-                _gemm(<tuple>s.gx[1 if p else 0])
+                                           s.alpha, _nt(P, s.nt_col))
+                    elif weights:
+                        colsum_2d(<const floating *>g, <floating *>s.p_dbias, n, m, _nt(P, s.nt_col))
+                    elif s.code:
+                        act_grad_1d(<const floating *>g, a, g, size, s.code, s.alpha, _nt(P, s.nt_act))
+            fused = False
+            if weights:     # dW = x.T @ g
+                if tiled:
+                    with nogil:
+                        tiled_gemm(True, False, s.w_in, m, n, x, s.w_in, <const floating *>g, m,
+                                   <floating *>s.p_dweight, m, NULL, _nt(P, s.nt_dw))
+                else:
+                    _gemm(<tuple>s.dw[1 if p else 0])
+            if k > 0 or input_gradient:     # dx = g @ W.T
+                if tiled:
+                    # a dense stage before this one without dropout in this pass: its activation
+                    # derivative and bias-gradient column sums run on each tile of dx
+                    fuse = k > 0 and (<_PlanStage>P.stages[k - 1]).kind == _DENSE
+                    if fuse:
+                        prev = <_PlanStage>P.stages[k - 1]
+                        fuse = not (training and prev.p)
+                    epi.kind = EPI_NONE
+                    if fuse:
+                        epi.act, epi.alpha, epi.y, epi.sums = prev.code, prev.alpha, prev.p_out, prev.p_dbias
+                        epi.kind = EPI_ACT_GRAD_COLSUM if weights else (EPI_ACT_GRAD if prev.code else EPI_NONE)
+                    with nogil:
+                        tiled_gemm(False, True, n, s.w_in, m, <const floating *>g, m,
+                                   <const floating *>s.p_weight, m, gx, s.w_in, &epi, _nt(P, s.nt_dx))
+                    fused = fuse
+                else:
+                    _gemm(<tuple>s.gx[1 if p else 0])
         elif s.kind == _BN:
             batch_stats = training or not s.track
             with nogil:
@@ -481,13 +535,13 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
                                <const floating *>s.p_gamma, <const floating *>s.p_beta,
                                <floating *>s.p_dgamma if weights else NULL,
                                <floating *>s.p_dbeta if weights else NULL,
-                               batch_stats, s.code, s.alpha, p, s.seed, step, s.nt_bn)
+                               batch_stats, s.code, s.alpha, p, s.seed, step, _nt(P, s.nt_bn))
         elif s.kind == _ACT:
             with nogil:
-                act_grad_1d(<const floating *>g, a, gx, size, s.code, s.alpha, s.nt_act)
+                act_grad_1d(<const floating *>g, a, gx, size, s.code, s.alpha, _nt(P, s.nt_act))
         elif p:
             with nogil:
-                dropout_1d(<const floating *>g, gx, size, 0, p, s.seed, step, s.nt_drop)
+                dropout_1d(<const floating *>g, gx, size, 0, p, s.seed, step, _nt(P, s.nt_drop))
         else:
             with nogil:
                 memcpy(gx, g, size * sizeof(floating))

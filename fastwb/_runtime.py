@@ -253,6 +253,13 @@ _runtime_default = _threads.max_threads()
 _cap = _lowered if _lowered is not None and _runtime_default > _lowered else None
 _chosen = threading.local()
 
+# fastwb's GEMMs (fastwb/_gemm.pyx): NumPy's BLAS, called from fastwb's threads,
+# each GEMM cut into at most as many tiles as the default thread count, so that
+# the tiles (and so the results) never depend on the thread count of a call.
+from fastwb import _blas, _gemm  # noqa: E402  (after the runtime is loaded)
+
+_gemm.set_tiles_max(max(1, _cap if _cap is not None else _runtime_default))
+
 if not _threads.openmp_enabled() and os.environ.get("FASTWB_EXPECT_NO_OPENMP") != "1":
     warnings.warn(
         "fastwb was built without OpenMP: every kernel runs on one thread. Reinstall with a "
@@ -380,6 +387,18 @@ def plan_threads(work, grain=GRAIN_MEMORY):
     return int(min(n, work // grain))
 
 
+# A GEMM's work per thread (multiply-adds, M*N*K) below which it runs on one
+# thread: 2M multiply-adds take about 40 us on one core of the development machine.
+GRAIN_GEMM = 1 << 21
+
+
+def gemm_threads(m, n, k):
+    """Threads for an (m x k) @ (k x n) GEMM of fastwb/_gemm.pyx: by its work
+    (:data:`GRAIN_GEMM` each), at most one per tile (the tiles are fixed by the
+    shape)."""
+    return min(plan_threads(m * n * k, GRAIN_GEMM), _gemm.tile_count(m, n))
+
+
 def _blas_info():
     try:
         from threadpoolctl import threadpool_info
@@ -414,6 +433,7 @@ def config():
         "cpu_budget": dict(_budget),
         "wait_policy": WAIT_POLICY,
         "blas": _blas_info(),
+        "gemm": _blas.info(),
         "build": _threads.build_info(),
     }
 
@@ -425,7 +445,9 @@ def show_config():
     ``openmp_runtime`` (the shared library found), ``num_threads``,
     ``cpu_budget`` (:func:`cpu_budget` at import: the default thread count
     and what bounded it), ``wait_policy``, ``blas`` (NumPy's BLAS, the only
-    one fastwb uses) and ``build`` (compiler and flags of the installed binary).
+    one fastwb uses), ``gemm`` (how fastwb calls it: tiled from fastwb's own
+    threads with the BLAS's entry point named, or ``np.matmul`` and why) and
+    ``build`` (compiler and flags of the installed binary).
     """
     cfg = config()
     width = max(len(k) for k in cfg)

@@ -13,12 +13,21 @@ import numpy as np
 import pytest
 
 import fastwb
-from fastwb import _dense, _engine, _norm, nn
+from fastwb import _dense, _engine, _gemm, _norm, nn
 from fastwb.nn.plan import _stage_dicts as stage_dicts
 
 
 # -- the oracle: the same kernels called one by one from Python ----------------------------
 # (Sequential ran this way before the Plan; kept here as the Plan's bitwise reference)
+
+def _matmul(a, b, out):
+    """The engine's GEMM, whole, on one thread: fastwb/_gemm.pyx's tiles when NumPy's
+    OpenBLAS is bound (tests/test_gemm.py checks them against np.matmul), else np.matmul."""
+    if _gemm.available():
+        _gemm.gemm(a, b, out, 1)
+    else:
+        np.matmul(a, b, out=out)
+
 
 def _drop(model, k, src, dst, ws):
     st = model._plan[k]
@@ -34,7 +43,7 @@ def python_forward(model, X, ws, training):
         if st.kind == "dense":
             prm = model._params[st.index]
             dst = ws.pre[k] if p else out
-            np.matmul(x, prm["weight"], out=dst)
+            _matmul(x, prm["weight"], dst)
             if prm.get("bias") is not None or st.code:
                 _dense.bias_act_rows(dst, prm.get("bias"), dst, st.code, st.alpha, ws.nt_act[k])
             if p:
@@ -87,11 +96,11 @@ def python_backward(model, X, ws, training, weights=True, input_gradient=False):
                     _dense.act_grad_colsum(g, a, g, gb, st.code, st.alpha, ws.nt_col[k])
                 else:
                     _dense.colsum(g, gb, ws.nt_col[k])
-                np.matmul(x.T, g, out=model._grads[st.index]["weight"])
+                _matmul(x.T, g, model._grads[st.index]["weight"])
             elif st.code:
                 _dense.act_grad_flat(g.reshape(-1), a.reshape(-1), g.reshape(-1), st.code, st.alpha, ws.nt_act[k])
             if k > 0 or input_gradient:
-                np.matmul(g, model._params[st.index]["weight"].T, out=gx)
+                _matmul(g, model._params[st.index]["weight"].T, gx)
         elif st.kind == "bn":
             prm, grd = model._params[st.index], model._grads[st.index]
             gg, gbeta = (grd.get("weight"), grd.get("bias")) if weights else (None, None)

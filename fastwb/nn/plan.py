@@ -37,7 +37,7 @@ from collections import OrderedDict
 import numpy as np
 
 from fastwb import _engine
-from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, plan_threads
+from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, gemm_threads, plan_threads
 from fastwb._validate import ACTIVATIONS
 from fastwb.nn.layers import BatchNorm1d, Dropout, Linear, _Activation
 
@@ -119,6 +119,7 @@ class Workspace:
         self.out, self.pre, self.grad_in, self.work, self.gb = [], [], [], [], []
         self.mean, self.invstd = [], []
         self.nt_act, self.nt_col, self.nt_drop, self.nt_bn = [], [], [], []
+        self.nt_gemm = []       # (forward, weight gradient, input gradient) threads of each stage's GEMMs
         for st, (w_in, w_out) in zip(model._plan, model._widths):
             self.out.append(np.empty((n, w_out), dt))
             # dense + dropout and act + dropout keep the activation output before the dropout
@@ -135,6 +136,8 @@ class Workspace:
             self.nt_drop.append(plan_threads(n * w_out, GRAIN_MEMORY))
             self.nt_bn.append(min(plan_threads(n * w_out, GRAIN_COMPUTE if st.code in _EXP or st.p else GRAIN_MEMORY),
                                   max(1, w_out // 16)))
+            self.nt_gemm.append((gemm_threads(n, w_out, w_in), gemm_threads(w_in, w_out, n),
+                                 gemm_threads(n, w_in, w_out)) if st.kind == "dense" else (1, 1, 1))
         self.grad_out = np.empty((n, model.out_features), dt)
         self.row_loss = np.empty(n, np.float64)
         self.nt_loss = model.loss.threads(n * model.out_features)
@@ -155,7 +158,8 @@ def _stage_dicts(model, ws):
         prm, grd, buf = model._params[st.index], model._grads[st.index], model._buffers[st.index]
         d = {"kind": st.kind, "code": st.code, "alpha": float(st.alpha), "p": float(st.p), "seed": model._seed(st),
              "out": ws.out[k], "pre": ws.pre[k], "grad_in": ws.grad_in[k], "work": ws.work[k],
-             "nt_act": ws.nt_act[k], "nt_col": ws.nt_col[k], "nt_drop": ws.nt_drop[k], "nt_bn": ws.nt_bn[k]}
+             "nt_act": ws.nt_act[k], "nt_col": ws.nt_col[k], "nt_drop": ws.nt_drop[k], "nt_bn": ws.nt_bn[k],
+             "nt_fwd": ws.nt_gemm[k][0], "nt_dw": ws.nt_gemm[k][1], "nt_dx": ws.nt_gemm[k][2]}
         if st.kind == "dense":
             d.update(weight=prm["weight"], bias=prm.get("bias"))
             if ws.training:
