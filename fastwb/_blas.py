@@ -46,7 +46,8 @@ def _loaded_libraries():
 
 
 def _symbols(lib):
-    """(sgemm, dgemm, ilp64, get_threads, set_threads, names) of an OpenBLAS library, or None."""
+    """[sgemm, dgemm, ilp64, get_threads, set_threads, sgemv, dgemv (0, 0: absent), name]
+    of an OpenBLAS library, or None."""
     for prefix, suffix, ilp64 in _NAMINGS:
         try:
             s = getattr(lib, f"{prefix}cblas_sgemm{suffix}")
@@ -58,8 +59,12 @@ def _symbols(lib):
             put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}")
         except AttributeError:
             continue        # no way to keep its pool off fastwb's cores: not used
-        addr = [ctypes.cast(f, ctypes.c_void_p).value for f in (s, d, get, put)]
-        return addr[0], addr[1], ilp64, addr[2], addr[3], f"{prefix}cblas_sgemm{suffix}"
+        try:
+            gemv = [getattr(lib, f"{prefix}cblas_{t}gemv{suffix}") for t in "sd"]
+        except AttributeError:
+            gemv = []
+        addr = [ctypes.cast(f, ctypes.c_void_p).value for f in (s, d, get, put, *gemv)]
+        return addr[:2] + [ilp64] + addr[2:4] + (addr[4:] or [0, 0]) + [f"{prefix}cblas_sgemm{suffix}"]
     return None
 
 
@@ -79,8 +84,8 @@ def find():
         found = _symbols(lib)
         if found is None:
             continue
-        sgemm, dgemm, ilp64, get, put, name = found
-        _gemm.bind(sgemm, dgemm, ilp64, get, put)
+        *addresses, name = found
+        _gemm.bind(*addresses)
         _state.update(path=path, library=lib, symbols=name)
         return info()
     _state["reason"] = ("no OpenBLAS with CBLAS and thread-control entry points is loaded"

@@ -24,6 +24,9 @@ from fastwb._norm cimport bn_backward_2d, bn_forward_2d, dropout_1d
 
 cnp.import_array()
 
+cdef extern from "fwb_omp.h" nogil:
+    int omp_get_max_threads()
+
 cdef extern from "numpy/arrayobject.h":
     object PyArray_MatrixProduct2(object, object, cnp.ndarray)
 
@@ -116,6 +119,89 @@ def _array(d, key, shape, dtype, k, optional=False):
     return a
 
 
+# ---------------------------------------------------------------------------
+# Thread choice by measurement.  Each plan times its own calls (forward and
+# step apart) and keeps a running estimate for its planned thread counts
+# ("parallel") and for one thread ("serial").  The first calls measure both;
+# afterwards the other choice is tried again after `interval` calls (8,
+# doubling up to 1024 while it keeps losing), and at once when three calls in
+# a row take more than three times the estimate (the machine got busy).  A
+# busy machine makes every parallel region wait for its slowest thread, so
+# the plan falls back to one thread there, and returns to its planned counts
+# when they win again.  Results never depend on the choice (tiles are fixed
+# by the shape, reductions are ordered).
+# ---------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #include <time.h>
+    static double fwb_engine_now(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    }
+    """
+    double fwb_engine_now() nogil
+
+cdef enum:
+    _WARMUP = 1             # first calls not timed (page faults, thread start)
+    _FIRST_INTERVAL = 8
+    _MAX_INTERVAL = 1024
+
+cdef struct _Chooser:
+    double est[2]           # seconds per call: [parallel, serial] (0: not measured yet)
+    int mode                # 0 parallel, 1 serial: the choice in use
+    bint probing            # this call runs the other choice
+    int interval, slow
+    long long calls, next_probe
+
+
+cdef void _chooser_reset(_Chooser *c) noexcept nogil:
+    c.est[0] = c.est[1] = 0.0
+    c.mode = 0
+    c.probing = False
+    c.interval = _FIRST_INTERVAL
+    c.slow = 0
+    c.calls = 0
+    c.next_probe = _WARMUP + 2      # two parallel calls, then one serial, then decide
+
+
+cdef inline int _chooser_use(_Chooser *c) noexcept nogil:
+    """The choice for this call (0 parallel, 1 serial)."""
+    if c.calls >= c.next_probe and not c.probing:
+        c.probing = True
+    return 1 - c.mode if c.probing else c.mode
+
+
+cdef void _chooser_observe(_Chooser *c, int used, double seconds) noexcept nogil:
+    """Record a call's time and settle the choice."""
+    cdef int other = 1 - c.mode
+    c.calls += 1
+    if c.calls <= _WARMUP:
+        return
+    if c.est[used] == 0.0 or c.probing:     # a try of the other choice: the old figure is stale
+        c.est[used] = seconds
+    elif seconds > 3.0 * c.est[used]:
+        # far slower than expected: an outlier, or the machine got busy (three in a row)
+        c.slow += 1
+        if c.slow >= 3:
+            c.est[used] = seconds
+            c.next_probe = c.calls      # measure the other choice now
+            c.slow = 0
+        return
+    else:
+        c.est[used] = 0.7 * c.est[used] + 0.3 * seconds
+    c.slow = 0
+    if c.probing:
+        c.probing = False
+        if c.est[other] < 0.9 * c.est[c.mode]:
+            c.mode = other
+            c.interval = _FIRST_INTERVAL
+        elif c.interval < _MAX_INTERVAL:
+            c.interval *= 2
+        c.next_probe = c.calls + c.interval
+
+
 cdef class Plan:
     """The compiled forward pass and training step of a fastwb.nn.Sequential
     for one batch size.
@@ -137,6 +223,9 @@ cdef class Plan:
     pinned_x: the one input array (fit's gathered batch) whose GEMM arguments
     are kept between calls; for any other X they are made per call and
     dropped at its end, so the plan never keeps a caller's array alive.
+    threads: None, or a function called at the start of every call that
+    returns the most threads the call may use (every planned count above it
+    is lowered to it: the user's thread setting now, 1 in a forked child).
     A forward-only plan (inference) has grad_in, work, dweight, dbias (and
     pre) None in every stage: its gradients() raises RuntimeError.
 
@@ -147,13 +236,16 @@ cdef class Plan:
     cdef list stages
     cdef int L, loss_kind, nt_loss, typenum
     cdef bint f64, forward_only
-    cdef public bint serial     # run every kernel and GEMM on one thread (a busy machine: see plan.py)
+    cdef readonly int limit     # this call's thread count (0: none), from threads_fn at each call
+    cdef object threads_fn
+    cdef bint parallel          # some kernel or GEMM is planned on more than one thread
+    cdef _Chooser choose_fwd, choose_step
     cdef Py_ssize_t n, w_first, w_last
     cdef object grad_out, row_loss, nbt, last_out
     cdef object x_last, pinned_x
     cdef long long *p_nbt
 
-    def __init__(self, stages, grad_out, row_loss, loss, int nt_loss, nbt, pinned_x=None):
+    def __init__(self, stages, grad_out, row_loss, loss, int nt_loss, nbt, pinned_x=None, threads=None):
         cdef _PlanStage s
         cdef Py_ssize_t n, w_in, w_out, k
         stages = list(stages)
@@ -273,6 +365,13 @@ cdef class Plan:
         self.last_out = (<_PlanStage>self.stages[self.L - 1]).out
         self.x_last = None
         self.pinned_x = pinned_x
+        self.threads_fn = threads
+        self.limit = 0
+        _chooser_reset(&self.choose_fwd)
+        _chooser_reset(&self.choose_step)
+        self.parallel = nt_loss > 1 or any(
+            max((<_PlanStage>st).nt_act, (<_PlanStage>st).nt_col, (<_PlanStage>st).nt_drop, (<_PlanStage>st).nt_bn,
+                (<_PlanStage>st).nt_fwd, (<_PlanStage>st).nt_dw, (<_PlanStage>st).nt_dx) > 1 for st in self.stages)
         # the GEMMs' argument tuples
         for k in range(self.L):
             s = <_PlanStage>self.stages[k]
@@ -294,6 +393,8 @@ cdef class Plan:
         _check_x(self, X)
         if training and self.forward_only:
             raise RuntimeError("a forward-only plan runs in inference mode only")
+        cdef int used = _set_limit(self, &self.choose_fwd)
+        cdef double t0 = fwb_engine_now()
         _bind_x(self, X)
         blas_enter()
         try:
@@ -304,6 +405,8 @@ cdef class Plan:
         finally:
             blas_exit()
             _release_x(self, X)
+        if used >= 0:
+            _chooser_observe(&self.choose_fwd, used, fwb_engine_now() - t0)
         return self.last_out
 
     def gradients(self, X, y, bint training, unsigned long long step, bint weights=True,
@@ -315,15 +418,36 @@ cdef class Plan:
             raise RuntimeError("a forward-only plan has no backward pass")
         _check_x(self, X)
         _check_y(self, y)
+        cdef int used = _set_limit(self, &self.choose_step)
+        cdef double t0 = fwb_engine_now(), loss
         _bind_x(self, X)
         blas_enter()
         try:
             if self.f64:
-                return _plan_gradients(self, X, y, training, step, weights, input_gradient, <double>0)
-            return _plan_gradients(self, X, y, training, step, weights, input_gradient, <float>0)
+                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, <double>0)
+            else:
+                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, <float>0)
         finally:
             blas_exit()
             _release_x(self, X)
+        if used >= 0:
+            _chooser_observe(&self.choose_step, used, fwb_engine_now() - t0)
+        return loss
+
+    @property
+    def choice(self):
+        """How the plan's thread choice stands: for "forward" and "step", the
+        choice in use ("parallel" or "serial") and the estimates (seconds per
+        call, None until measured)."""
+        return {"forward": _chooser_state(&self.choose_fwd), "step": _chooser_state(&self.choose_step)}
+
+    def _next(self, str which):
+        """The choice a call would run now, 0 parallel or 1 serial (tests of the rule)."""
+        return _chooser_use(&self.choose_fwd if which == "forward" else &self.choose_step)
+
+    def _observe(self, str which, int used, double seconds):
+        """Feed one call's time, run with choice `used`, to a chooser (tests of the rule)."""
+        _chooser_observe(&self.choose_fwd if which == "forward" else &self.choose_step, used, seconds)
 
 
 cdef inline bint _is_block(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols):
@@ -384,8 +508,42 @@ cdef int _check_y(Plan P, object y) except -1:
 
 
 cdef inline int _nt(Plan P, int nt) noexcept nogil:
-    """A kernel's planned thread count, or 1 while the plan runs serial."""
-    return 1 if P.serial else nt
+    """A kernel's planned thread count, lowered to this call's limit."""
+    return P.limit if 0 < P.limit < nt else nt
+
+
+# True where the OpenMP runtime's count is not the whole rule (a forked child, a
+# budget cap over a runtime loaded before fastwb: fastwb/_runtime.py says so);
+# then each call asks the plan's threads function instead of the runtime.
+cdef bint _python_rule = False
+
+
+def use_python_thread_rule(bint on):
+    """Make plans ask their threads function at every call (True) or read the
+    OpenMP runtime's thread count directly (False, the common case: ~20 ns)."""
+    global _python_rule
+    _python_rule = on
+
+
+cdef dict _chooser_state(_Chooser *c):
+    return {"mode": "serial" if c.mode else "parallel", "calls": c.calls,
+            "parallel_s": c.est[0] or None, "serial_s": c.est[1] or None}
+
+
+cdef int _set_limit(Plan P, _Chooser *c) except -2:
+    """This call's thread limit: the thread setting now, lowered to one when the
+    chooser says so.  Returns the chooser's choice (-1: no choice to make)."""
+    cdef int n, used
+    if P.threads_fn is None:
+        P.limit = 0
+        return -1
+    n = P.threads_fn() if _python_rule else omp_get_max_threads()
+    if n <= 1 or not P.parallel:
+        P.limit = 1 if n <= 1 else n
+        return -1
+    used = _chooser_use(c)
+    P.limit = 1 if used else n
+    return used
 
 
 cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step, floating kind):

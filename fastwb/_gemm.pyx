@@ -55,11 +55,21 @@ ctypedef void (*sgemm32_t)(int, int, int, int, int, int, float, const float *, i
                            const float *, int, float, float *, int) noexcept nogil
 ctypedef void (*dgemm32_t)(int, int, int, int, int, int, double, const double *, int,
                            const double *, int, double, double *, int) noexcept nogil
+ctypedef void (*sgemv64_t)(int, int, int64_t, int64_t, float, const float *, int64_t, const float *, int64_t,
+                           float, float *, int64_t) noexcept nogil
+ctypedef void (*dgemv64_t)(int, int, int64_t, int64_t, double, const double *, int64_t, const double *, int64_t,
+                           double, double *, int64_t) noexcept nogil
+ctypedef void (*sgemv32_t)(int, int, int, int, float, const float *, int, const float *, int,
+                           float, float *, int) noexcept nogil
+ctypedef void (*dgemv32_t)(int, int, int, int, double, const double *, int, const double *, int,
+                           double, double *, int) noexcept nogil
 ctypedef int (*get_threads_t)() noexcept nogil
 ctypedef void (*set_threads_t)(int) noexcept nogil
 
 cdef void *_sgemm = NULL
 cdef void *_dgemm = NULL
+cdef void *_sgemv = NULL         # optional: one-row (or one-column) products
+cdef void *_dgemv = NULL
 cdef bint _ilp64 = False
 cdef get_threads_t _get_threads = NULL
 cdef set_threads_t _set_threads = NULL
@@ -75,16 +85,21 @@ cdef enum:
 _INT32_MAX = 2 ** 31 - 1
 
 
-def bind(uintptr_t sgemm, uintptr_t dgemm, bint ilp64, uintptr_t get_threads=0, uintptr_t set_threads=0):
+def bind(uintptr_t sgemm, uintptr_t dgemm, bint ilp64, uintptr_t get_threads=0, uintptr_t set_threads=0,
+         uintptr_t sgemv=0, uintptr_t dgemv=0):
     """Use the CBLAS sgemm/dgemm at these addresses (64-bit integers when ilp64),
-    and the BLAS's get/set thread-count functions when given (0: not known)."""
-    global _sgemm, _dgemm, _ilp64, _get_threads, _set_threads
+    the BLAS's get/set thread-count functions when given (0: not known), and
+    its sgemv/dgemv for products with one row or one column (0: sgemm/dgemm)."""
+    global _sgemm, _dgemm, _ilp64, _get_threads, _set_threads, _sgemv, _dgemv
     if _depth:
         raise RuntimeError("the BLAS cannot be rebound while fastwb is running a GEMM")
     if not sgemm or not dgemm:
         raise ValueError("bind needs both sgemm and dgemm")
     if (get_threads == 0) != (set_threads == 0):
         raise ValueError("give both thread-count functions or neither")
+    if (sgemv == 0) != (dgemv == 0):
+        raise ValueError("give both gemv functions or neither")
+    _sgemv, _dgemv = <void *>sgemv, <void *>dgemv
     _sgemm, _dgemm, _ilp64 = <void *>sgemm, <void *>dgemm, ilp64
     _get_threads = <get_threads_t><void *>get_threads
     _set_threads = <set_threads_t><void *>set_threads
@@ -92,10 +107,10 @@ def bind(uintptr_t sgemm, uintptr_t dgemm, bint ilp64, uintptr_t get_threads=0, 
 
 def unbind():
     """Forget the BLAS: every fastwb GEMM falls back to np.matmul."""
-    global _sgemm, _dgemm, _get_threads, _set_threads
+    global _sgemm, _dgemm, _get_threads, _set_threads, _sgemv, _dgemv
     if _depth:
         raise RuntimeError("the BLAS cannot be unbound while fastwb is running a GEMM")
-    _sgemm = _dgemm = NULL
+    _sgemm = _dgemm = _sgemv = _dgemv = NULL
     _get_threads = NULL
     _set_threads = NULL
 
@@ -145,6 +160,24 @@ def exit():
     blas_exit()
 
 
+cdef inline void _gemv(bint trans, Py_ssize_t rows, Py_ssize_t cols, const floating *A, Py_ssize_t lda,
+                       const floating *x, Py_ssize_t incx, floating *y, Py_ssize_t incy) noexcept nogil:
+    """y = op(A) @ x (A stored rows x cols, row-major; op transposes when trans), beta = 0."""
+    cdef int t = FWB_TRANS if trans else FWB_NO_TRANS
+    if floating is float:
+        if _ilp64:
+            (<sgemv64_t>_sgemv)(FWB_ROW_MAJOR, t, rows, cols, 1.0, A, lda, x, incx, 0.0, y, incy)
+        else:
+            (<sgemv32_t>_sgemv)(FWB_ROW_MAJOR, t, <int>rows, <int>cols, 1.0, A, <int>lda, x, <int>incx, 0.0, y,
+                                <int>incy)
+    else:
+        if _ilp64:
+            (<dgemv64_t>_dgemv)(FWB_ROW_MAJOR, t, rows, cols, 1.0, A, lda, x, incx, 0.0, y, incy)
+        else:
+            (<dgemv32_t>_dgemv)(FWB_ROW_MAJOR, t, <int>rows, <int>cols, 1.0, A, <int>lda, x, <int>incx, 0.0, y,
+                                <int>incy)
+
+
 cdef inline void _blas(bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                        const floating *A, Py_ssize_t lda, const floating *B, Py_ssize_t ldb,
                        floating *C, Py_ssize_t ldc) noexcept nogil:
@@ -155,6 +188,12 @@ cdef inline void _blas(bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t 
     if K == 0:      # nothing to sum: the BLAS may leave C alone
         for i in range(M):
             memset(C + i * ldc, 0, N * sizeof(floating))
+        return
+    if _sgemv != NULL and M == 1:       # one row: C = op(B).T @ a, no packing (as NumPy does)
+        _gemv(not tb, N if tb else K, K if tb else N, B, ldb, A, lda if ta else 1, C, 1)
+        return
+    if _sgemv != NULL and N == 1:       # one column: C = op(A) @ b
+        _gemv(ta, K if ta else M, M if ta else K, A, lda, B, 1 if tb else ldb, C, ldc)
         return
     if floating is float:
         if _ilp64:

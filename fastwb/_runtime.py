@@ -260,6 +260,11 @@ from fastwb import _blas, _gemm  # noqa: E402  (after the runtime is loaded)
 
 _gemm.set_tiles_max(max(1, _cap if _cap is not None else _runtime_default))
 
+# Compiled plans read the runtime's thread count themselves unless the cap applies
+# (or, after fork, _after_fork_in_child says so): then they call call_threads().
+from fastwb import _engine  # noqa: E402
+_engine.use_python_thread_rule(_cap is not None)
+
 if not _threads.openmp_enabled() and os.environ.get("FASTWB_EXPECT_NO_OPENMP") != "1":
     warnings.warn(
         "fastwb was built without OpenMP: every kernel runs on one thread. Reinstall with a "
@@ -286,6 +291,7 @@ def _after_fork_in_child():
     global _forked, _warned_serial
     _forked = True
     _warned_serial = False
+    _engine.use_python_thread_rule(True)
 
 
 if hasattr(os, "register_at_fork"):
@@ -376,15 +382,27 @@ GRAIN_UPDATE = 1 << 19      # Adam / RMSprop steps (sqrt and divide): 1M float32
                             # took 524 us on 1 thread, 358 us on 2
 
 
-def plan_threads(work, grain=GRAIN_MEMORY):
+def plan_threads(work, grain=GRAIN_MEMORY, available=None):
     """Threads to use for ``work`` elements: 1 below 2*grain, else at most work // grain
-    (and 1 in a forked child, see :func:`get_num_threads`)."""
+    and ``available`` (default: :func:`get_num_threads`, 1 in a forked child)."""
     if work < 2 * grain:
         return 1
-    n = _available_threads()
+    n = _available_threads() if available is None else available
     if n <= 1:
         return 1
     return int(min(n, work // grain))
+
+
+def default_threads():
+    """The thread count fastwb starts with in this process (the CPU budget unless
+    ``OMP_NUM_THREADS`` said otherwise): what plans are made for."""
+    return _gemm.get_tiles_max()
+
+
+def call_threads():
+    """The most threads a compiled plan may use in this call (fastwb/_engine.pyx
+    lowers its planned counts to it): the thread setting now, 1 in a forked child."""
+    return _available_threads()
 
 
 # A GEMM's work per thread (multiply-adds, M*N*K) below which it runs on one
@@ -392,11 +410,11 @@ def plan_threads(work, grain=GRAIN_MEMORY):
 GRAIN_GEMM = 1 << 21
 
 
-def gemm_threads(m, n, k):
+def gemm_threads(m, n, k, available=None):
     """Threads for an (m x k) @ (k x n) GEMM of fastwb/_gemm.pyx: by its work
     (:data:`GRAIN_GEMM` each), at most one per tile (the tiles are fixed by the
-    shape)."""
-    return min(plan_threads(m * n * k, GRAIN_GEMM), _gemm.tile_count(m, n))
+    shape) and ``available`` (as :func:`plan_threads`)."""
+    return min(plan_threads(m * n * k, GRAIN_GEMM, available), _gemm.tile_count(m, n))
 
 
 def _blas_info():

@@ -45,3 +45,42 @@ def build_info():
     """How the extensions were compiled (compiler, flags, OpenMP), as a dict."""
     import json
     return json.loads(fwb_build_info.decode("utf-8"))
+
+
+cdef extern from *:
+    """
+    #include <time.h>
+    static double fwb_now(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    }
+    """
+    double fwb_now() nogil
+
+from cython.parallel cimport parallel, threadid
+
+
+def start_latency(int n_threads):
+    """Seconds from opening a parallel region of n_threads (2..64) until its last
+    thread starts running: the cost of waking fastwb's threads now.  A few tens
+    of microseconds on an idle machine; milliseconds when other processes hold
+    the cores, and every parallel kernel then waits as long for its slowest
+    thread (fastwb/_runtime.py: contended())."""
+    cdef double started[64]
+    cdef double t0, last
+    cdef int t, k
+    if not 2 <= n_threads <= 64:
+        raise ValueError("n_threads must be in [2, 64]")
+    for k in range(n_threads):
+        started[k] = 0.0
+    with nogil:
+        t0 = fwb_now()
+        with parallel(num_threads=n_threads):
+            t = threadid()
+            started[t] = fwb_now()
+    last = t0
+    for k in range(n_threads):
+        if started[k] > last:
+            last = started[k]
+    return last - t0

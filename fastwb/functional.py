@@ -4,8 +4,9 @@ error, binary cross-entropy with logits).
 This is fastwb's fast functional API: every function checks its arguments,
 allocates its result (or writes into ``out=``), picks a thread count from the
 size of the work, and makes one call into a compiled kernel.  Matrix products
-are NumPy's own (``np.matmul`` with ``out=``), so fastwb shares the BLAS and
-thread pool of the user's NumPy; the kernels fuse everything around them.
+run NumPy's own BLAS, called tile by tile from fastwb's threads with the bias
+and activation fused into each tile (fastwb/_gemm.pyx; ``np.matmul`` with
+``out=`` where NumPy's OpenBLAS was not found, see ``fastwb info``).
 
 Shapes follow the slides: a dense layer has ``W`` of shape ``(in, out)`` and
 computes ``y = act(x @ W + b)`` for a batch ``x`` of shape ``(n, in)``.
@@ -16,8 +17,8 @@ Every function here has a pure-NumPy twin of the same name and signature in
 
 import numpy as np
 
-from fastwb import _dense, _losses
-from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, plan_threads
+from fastwb import _dense, _gemm, _losses
+from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, gemm_threads, plan_threads
 from fastwb._validate import (
     ACTIVATIONS,
     activation_code,
@@ -61,6 +62,25 @@ def _column_threads(n, m, grain):
     return min(plan_threads(n * m, grain), max(1, m // 16))
 
 
+def _blas_operand(a):
+    """a can go to the BLAS as it is: C-contiguous, or the transpose of a C-contiguous array."""
+    return a.flags.aligned and (a.flags.c_contiguous or a.T.flags.c_contiguous)
+
+
+def _matmul(a, b, y, bias=None, code=_IDENTITY, alpha=0.0):
+    """y = act(a @ b + bias): fastwb's tiled GEMM with the epilogue fused, or
+    np.matmul and one pass over y (no OpenBLAS bound, an operand that is not
+    (transposed) C-contiguous, or one that overlaps y: NumPy copies it then)."""
+    n, m = y.shape
+    if _gemm.available() and _blas_operand(a) and _blas_operand(b) and y.flags.c_contiguous \
+            and not np.may_share_memory(a, y) and not np.may_share_memory(b, y):
+        return _gemm.gemm(a, b, y, gemm_threads(n, m, a.shape[1]), bias, code, alpha)
+    np.matmul(a, b, out=y)
+    if y.size and (bias is not None or code != _IDENTITY):
+        _dense.bias_act_rows(y, bias, y, code, alpha, plan_threads(y.size, _grain(code)))
+    return y
+
+
 # ---------------------------------------------------------------------------
 # dense layer
 # ---------------------------------------------------------------------------
@@ -80,9 +100,11 @@ def linear(x, W, b=None, activation="identity", alpha=0.01, out=None):
     out : optional (n, out) C-contiguous array of the same dtype to write into;
         it may overlap the inputs (they are then read from a copy)
 
-    The GEMM is ``np.matmul(x, W, out=y)``; bias and activation are then one
-    pass over ``y`` in place.  ``sigmoid`` is evaluated as ``1/(1+e)`` or
-    ``e/(1+e)`` with ``e = exp(-|z|)``, so it never overflows.
+    The GEMM is NumPy's BLAS, called tile by tile from fastwb's threads, bias
+    and activation applied to each tile while it is in cache (``np.matmul``
+    and then one pass over ``y`` where the BLAS was not found).  ``sigmoid``
+    is evaluated as ``1/(1+e)`` or ``e/(1+e)`` with ``e = exp(-|z|)``, so it
+    never overflows.
     """
     code, alpha = activation_code(activation, alpha)
     x = float_array("x", x, ndim=2, contiguous=False)
@@ -98,10 +120,7 @@ def linear(x, W, b=None, activation="identity", alpha=0.01, out=None):
         raise ValueError(f"b has shape {b.shape}, expected ({m},) to match W of shape {W.shape}")
     y = out_array("out", out, (n, m), dtype)
     b = unaliased(b, y, inplace=False)      # the GEMM overwrites y before the bias is read
-    np.matmul(x, W, out=y)                  # (NumPy itself copies x or W where they overlap y)
-    if y.size and (b is not None or code != _IDENTITY):
-        _dense.bias_act_rows(y, b, y, code, alpha, plan_threads(y.size, _grain(code)))
-    return y
+    return _matmul(x, W, y, b, code, alpha)
 
 
 def linear_backward(grad_y, y, x, W, activation="identity", alpha=0.01, need_grad_x=True, out=None, work=None):
@@ -117,7 +136,8 @@ def linear_backward(grad_y, y, x, W, activation="identity", alpha=0.01, need_gra
     ``leaky_relu``: 1 or ``alpha``; ``sigmoid``: ``y(1-y)``; ``tanh``:
     ``1-y^2``), so no pre-activation needs to be stored; ``y`` may be None
     for ``identity``.  ``dz`` and the column sums ``grad_b`` come out of one
-    fused pass; the two products are NumPy GEMMs.
+    fused pass; the two products are NumPy's BLAS GEMMs, run from fastwb's
+    threads (see :func:`linear`).
 
     Parameters
     ----------
@@ -171,9 +191,9 @@ def linear_backward(grad_y, y, x, W, activation="identity", alpha=0.01, need_gra
     else:
         if m:
             _dense.act_grad_colsum(grad_y, y, dz, gb, code, alpha, _column_threads(n, m, _grain(code)))
-    np.matmul(x.T, dz, out=gW)
+    _matmul(x.T, dz, gW)
     if need_grad_x:
-        np.matmul(dz, W.T, out=gx)
+        _matmul(dz, W.T, gx)
     return gx, gW, gb
 
 

@@ -237,8 +237,10 @@ def test_linear_matches_twin(act, n, k, m, dtype, rng):
     x, W, b = _layer(rng, n, k, m, dtype)
     y = fastwb.linear(x, W, b, act, alpha=0.05)
     assert y.dtype == dtype and y.shape == (n, m) and y.flags.c_contiguous
-    close(y, R.linear(x, W, b, act, alpha=0.05), dtype)
-    close(fastwb.linear(x, W, None, act), R.linear(x, W, None, act), dtype)
+    # the GEMMs are the same BLAS kernel called on different blocks (fastwb's tiles, NumPy's whole
+    # call), so float32 sums of k products round differently: compared relative to the largest output
+    close(y, R.linear(x, W, b, act, alpha=0.05), dtype, ulps=16, scale=True)
+    close(fastwb.linear(x, W, None, act), R.linear(x, W, None, act), dtype, ulps=16, scale=True)
 
 
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])

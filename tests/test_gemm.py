@@ -54,10 +54,11 @@ def test_bitwise_equal_for_any_thread_count(dtype, ta, tb, four_tiles):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_tile_is_numpy_with_its_blas_on_one_thread(dtype):
-    """A GEMM small enough for one tile is exactly NumPy's own call (NumPy's BLAS on one thread)."""
+    """A GEMM small enough for one tile is exactly NumPy's own call (NumPy's BLAS on one
+    thread), one-row and one-column products included (gemv, as NumPy calls it)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     rng = np.random.default_rng(2)
-    for M, K, N in [(3, 17, 5), (40, 300, 50), (63, 10, 63), (2, 784, 10)]:
+    for M, K, N in [(3, 17, 5), (40, 300, 50), (63, 10, 63), (2, 784, 10), (1, 784, 50), (50, 300, 1)]:
         assert _gemm.tile_count(M, N) == 1
         A, B = _operands(rng, dtype, M, K, N, 0, 0)
         with threadpoolctl.threadpool_limits(1, user_api="blas"):
@@ -161,3 +162,56 @@ def test_bind_rejects_half_a_binding():
         _gemm.bind(0, 0, True)
     with pytest.raises(ValueError):
         _gemm.bind(1, 1, True, 1, 0)
+
+
+# -- the thread choice of a compiled plan (fastwb/_engine.pyx) ------------------------------
+
+def _plan():
+    model = fastwb.nn.Sequential(fastwb.nn.Linear(300, 256), fastwb.nn.ReLU(), fastwb.nn.Linear(256, 10))
+    return model, model._workspace(128).plan
+
+
+def _call(plan, parallel_s, serial_s, which="step"):
+    """One call timed as the choice it ran: returns the choice (0 parallel, 1 serial)."""
+    used = plan._next(which)
+    plan._observe(which, used, serial_s if used else parallel_s)
+    return used
+
+
+def test_plan_measures_both_choices_then_keeps_the_faster():
+    _, plan = _plan()
+    used = [_call(plan, 1e-3, 4e-4) for _ in range(4)]
+    assert used == [0, 0, 0, 1]                 # warm-up, two parallel calls, one serial call
+    assert plan.choice["step"]["mode"] == "serial"
+    assert plan.choice["forward"]["mode"] == "parallel"     # forward and step are measured apart
+    # serial stays while parallel keeps losing, tried again after 8, 16, 32, ... calls
+    used = [_call(plan, 1e-3, 4e-4) for _ in range(100)]
+    probes = [i for i, u in enumerate(used) if u == 0]
+    assert [b - a for a, b in zip(probes, probes[1:])] == [17, 33]
+    assert plan.choice["step"]["mode"] == "serial"
+    # the machine got quiet: parallel wins its next try and is kept
+    used = [_call(plan, 1e-4, 4e-4) for _ in range(80)]
+    assert plan.choice["step"]["mode"] == "parallel" and used[-1] == 0
+
+
+def test_plan_tries_again_at_once_when_calls_drift():
+    _, plan = _plan()
+    assert [_call(plan, 1e-3, 3e-3) for _ in range(4)] == [0, 0, 0, 1]
+    assert plan.choice["step"]["mode"] == "parallel"        # the serial try lost
+    assert [_call(plan, 1e-2, 2e-3) for _ in range(4)] == [0, 0, 0, 1]  # busy: 3 slow calls, then a try
+    assert plan.choice["step"]["mode"] == "serial"
+
+
+def test_existing_plans_follow_the_thread_setting():
+    """A workspace made at one thread count runs at the count of each call."""
+    model, _ = _plan()
+    X = np.random.default_rng(0).standard_normal((128, 300)).astype(np.float32)
+    y = np.arange(128) % 10
+    model.compile("sgd")
+    plan = model._workspace(128).plan
+    with fastwb.threads(1):
+        model.train_step(X, y)
+        assert plan.limit == 1
+    with fastwb.threads(2):
+        model.train_step(X, y)
+        assert plan.limit in (1, 2)     # 1 only if the plan measured one thread faster

@@ -37,9 +37,9 @@ class Loss:
         """The names of :meth:`scores`' metrics, in order."""
         return {"cross_entropy": ("accuracy",), "mse": ("mse", "r2")}.get(self.name, ("binary_accuracy",))
 
-    def threads(self, size):
-        """Threads of the loss kernel over ``size`` output elements."""
-        return plan_threads(size, self.grain)
+    def threads(self, size, available=None):
+        """Threads of the loss kernel over ``size`` output elements (at most ``available``)."""
+        return plan_threads(size, self.grain, available)
 
     def kernel(self, out, target, grad_out, row_work, n_threads):
         """The fused loss kernel itself, for the engine's own checked arrays

@@ -37,7 +37,7 @@ from collections import OrderedDict
 import numpy as np
 
 from fastwb import _engine
-from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, gemm_threads, plan_threads
+from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, call_threads, default_threads, gemm_threads, plan_threads
 from fastwb._validate import ACTIVATIONS
 from fastwb.nn.layers import BatchNorm1d, Dropout, Linear, _Activation
 
@@ -120,6 +120,9 @@ class Workspace:
         self.mean, self.invstd = [], []
         self.nt_act, self.nt_col, self.nt_drop, self.nt_bn = [], [], [], []
         self.nt_gemm = []       # (forward, weight gradient, input gradient) threads of each stage's GEMMs
+        # counts are planned for the most threads this process may use; each call lowers
+        # them to the thread setting of the moment (call_threads)
+        most = max(default_threads(), call_threads())
         for st, (w_in, w_out) in zip(model._plan, model._widths):
             self.out.append(np.empty((n, w_out), dt))
             # dense + dropout and act + dropout keep the activation output before the dropout
@@ -131,21 +134,21 @@ class Workspace:
             self.mean.append(np.empty(w_out, dt) if st.kind == "bn" else None)
             self.invstd.append(np.empty(w_out, dt) if st.kind == "bn" else None)
             grain = GRAIN_COMPUTE if st.code in _EXP else GRAIN_MEMORY
-            self.nt_act.append(plan_threads(n * w_out, grain))
-            self.nt_col.append(min(plan_threads(n * w_out, grain), max(1, w_out // 16)))
-            self.nt_drop.append(plan_threads(n * w_out, GRAIN_MEMORY))
-            self.nt_bn.append(min(plan_threads(n * w_out, GRAIN_COMPUTE if st.code in _EXP or st.p else GRAIN_MEMORY),
-                                  max(1, w_out // 16)))
-            self.nt_gemm.append((gemm_threads(n, w_out, w_in), gemm_threads(w_in, w_out, n),
-                                 gemm_threads(n, w_in, w_out)) if st.kind == "dense" else (1, 1, 1))
+            self.nt_act.append(plan_threads(n * w_out, grain, most))
+            self.nt_col.append(min(plan_threads(n * w_out, grain, most), max(1, w_out // 16)))
+            self.nt_drop.append(plan_threads(n * w_out, GRAIN_MEMORY, most))
+            self.nt_bn.append(min(plan_threads(n * w_out, GRAIN_COMPUTE if st.code in _EXP or st.p else GRAIN_MEMORY,
+                                               most), max(1, w_out // 16)))
+            self.nt_gemm.append((gemm_threads(n, w_out, w_in, most), gemm_threads(w_in, w_out, n, most),
+                                 gemm_threads(n, w_in, w_out, most)) if st.kind == "dense" else (1, 1, 1))
         self.grad_out = np.empty((n, model.out_features), dt)
         self.row_loss = np.empty(n, np.float64)
-        self.nt_loss = model.loss.threads(n * model.out_features)
+        self.nt_loss = model.loss.threads(n * model.out_features, most)
         self.x = np.empty((n, model.in_features), dt) if training else None     # fit's gathered batch
         self.y = None                                                             # fit's gathered targets
         # the compiled forward pass and step over these arrays (forward only for inference)
         self.plan = _engine.Plan(_stage_dicts(model, self), self.grad_out, self.row_loss, model.loss.name,
-                                 self.nt_loss, model.num_batches_tracked, pinned_x=self.x)
+                                 self.nt_loss, model.num_batches_tracked, pinned_x=self.x, threads=call_threads)
 
 
 def _stage_dicts(model, ws):
