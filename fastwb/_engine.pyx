@@ -202,6 +202,36 @@ cdef void _chooser_observe(_Chooser *c, int used, double seconds) noexcept nogil
         c.next_probe = c.calls + c.interval
 
 
+cdef class ThreadChoice:
+    """The same choice for work outside a plan (an optimizer's update, a
+    functional GEMM): ``n = choice.threads(planned)`` before the call, then
+    ``choice.observe(seconds)`` after it."""
+    cdef _Chooser c
+    cdef int used
+
+    def __init__(self):
+        _chooser_reset(&self.c)
+        self.used = -1
+
+    def threads(self, int planned):
+        """planned, or 1 when one thread is the choice for this call."""
+        if planned <= 1:
+            self.used = -1
+            return planned
+        self.used = _chooser_use(&self.c)
+        return 1 if self.used else planned
+
+    def observe(self, double seconds):
+        """The time of the call that threads() planned."""
+        if self.used >= 0:
+            _chooser_observe(&self.c, self.used, seconds)
+            self.used = -1
+
+    @property
+    def state(self):
+        return _chooser_state(&self.c)
+
+
 cdef class Plan:
     """The compiled forward pass and training step of a fastwb.nn.Sequential
     for one batch size.

@@ -15,9 +15,12 @@ Every function here has a pure-NumPy twin of the same name and signature in
 :mod:`fastwb.reference`.
 """
 
+import time
+from collections import OrderedDict
+
 import numpy as np
 
-from fastwb import _dense, _gemm, _losses
+from fastwb import _dense, _engine, _gemm, _losses
 from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, gemm_threads, plan_threads
 from fastwb._validate import (
     ACTIVATIONS,
@@ -67,14 +70,37 @@ def _blas_operand(a):
     return a.flags.aligned and (a.flags.c_contiguous or a.T.flags.c_contiguous)
 
 
+_CHOICES = OrderedDict()     # (m, n, k, dtype) -> ThreadChoice of the GEMMs of that shape
+_CHOICES_KEPT = 64
+
+
+def _choice(key):
+    choice = _CHOICES.pop(key, None)
+    if choice is None:
+        choice = _engine.ThreadChoice()
+    _CHOICES[key] = choice
+    while len(_CHOICES) > _CHOICES_KEPT:
+        _CHOICES.popitem(last=False)
+    return choice
+
+
 def _matmul(a, b, y, bias=None, code=_IDENTITY, alpha=0.0):
     """y = act(a @ b + bias): fastwb's tiled GEMM with the epilogue fused, or
     np.matmul and one pass over y (no OpenBLAS bound, an operand that is not
-    (transposed) C-contiguous, or one that overlaps y: NumPy copies it then)."""
+    (transposed) C-contiguous, or one that overlaps y: NumPy copies it then).
+    The tiled GEMM's thread count is chosen by timing the calls of its shape
+    (one thread while that measures faster: a busy machine)."""
     n, m = y.shape
     if _gemm.available() and _blas_operand(a) and _blas_operand(b) and y.flags.c_contiguous \
             and not np.may_share_memory(a, y) and not np.may_share_memory(b, y):
-        return _gemm.gemm(a, b, y, gemm_threads(n, m, a.shape[1]), bias, code, alpha)
+        planned = gemm_threads(n, m, a.shape[1])
+        if planned <= 1:
+            return _gemm.gemm(a, b, y, 1, bias, code, alpha)
+        choice = _choice((n, m, a.shape[1], y.dtype.char))
+        t0 = time.perf_counter()
+        _gemm.gemm(a, b, y, choice.threads(planned), bias, code, alpha)
+        choice.observe(time.perf_counter() - t0)
+        return y
     np.matmul(a, b, out=y)
     if y.size and (bias is not None or code != _IDENTITY):
         _dense.bias_act_rows(y, bias, y, code, alpha, plan_threads(y.size, _grain(code)))

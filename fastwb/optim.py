@@ -21,9 +21,11 @@ for other shapes or dtypes is rejected.
 
 from collections.abc import Mapping
 
+import time
+
 import numpy as np
 
-from fastwb import _optim
+from fastwb import _engine, _optim
 from fastwb._runtime import GRAIN_MEMORY, GRAIN_UPDATE, plan_threads
 from fastwb._validate import FLOAT_DTYPES, check_int, check_real, disjoint_outputs, same_view, unaliased
 
@@ -203,19 +205,33 @@ class Optimizer:
             out.append(g.reshape(-1))
         return out
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_choice", None)      # measured timings: this process's own, not state
+        return state
+
     def step(self, grads):
         """Apply one update to every parameter, in place, from ``grads`` (same order and shapes)."""
         self._apply(self._grads(grads))
 
     def _apply(self, grads):
         """The update itself, for flat contiguous gradients already checked
-        (the MLP engine calls this with its own gradient buffer)."""
+        (the MLP engine calls this with its own gradient buffer).  Its thread
+        count is chosen by timing (fastwb._engine.ThreadChoice): the planned
+        count, or one thread while that measures faster (a busy machine)."""
         self.step_count += 1
+        t0 = time.perf_counter()
+        choice = self.__dict__.get("_choice")
+        if choice is None:
+            choice = self._choice = _engine.ThreadChoice()
+        planned = max(plan_threads(p.size, self._grain) for p in self.params) if self.params else 1
+        limit = choice.threads(planned)
         for p, g, state, mask in zip(self.params, grads, self.state, self.masks):
             if p.size:
                 if p.ndim != 1:
                     p, state = p.reshape(-1), {k: v.reshape(-1) for k, v in state.items()}
-                self._update(p, g, state, mask, plan_threads(p.size, self._grain))
+                self._update(p, g, state, mask, min(limit, plan_threads(p.size, self._grain)))
+        choice.observe(time.perf_counter() - t0)
 
     def _update(self, p, g, state, mask, n_threads):
         raise NotImplementedError

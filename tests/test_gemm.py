@@ -215,3 +215,22 @@ def test_existing_plans_follow_the_thread_setting():
     with fastwb.threads(2):
         model.train_step(X, y)
         assert plan.limit in (1, 2)     # 1 only if the plan measured one thread faster
+
+
+def test_thread_choice_outside_plans():
+    from fastwb import _engine
+    choice = _engine.ThreadChoice()
+    assert choice.threads(1) == 1
+    choice.observe(1.0)                     # nothing planned: nothing recorded
+    assert choice.state["calls"] == 0
+    got = []
+    for _ in range(6):
+        n = choice.threads(4)
+        got.append(n)
+        choice.observe(2e-4 if n == 1 else 1e-3)    # one thread is faster here
+    assert got[:4] == [4, 4, 4, 1] and got[4:] == [1, 1]
+    assert choice.state["mode"] == "serial"
+    opt = fastwb.optim.Adam([np.zeros(10, np.float32)])
+    opt.step([np.ones(10, np.float32)])
+    import pickle
+    assert pickle.loads(pickle.dumps(opt)).step_count == 1     # the timings are not pickled
