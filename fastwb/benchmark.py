@@ -26,6 +26,15 @@ the policy in force, and where a workload is also timed with PyTorch and
 fastwb each in a process of its own, that ratio is the one the table, the
 targets and the figure show (:func:`merge_own_processes`): one number per
 workload and contender.
+
+Three sections run on request instead (:func:`run_sections`, ``fastwb bench
+--contention / --cgroup / --inference``): fastwb under load, its default
+thread count against one thread with cores and 2 x cores busy processes
+started and stopped by the benchmark (:func:`contention`,
+:class:`BusyProcesses`); a child process with its CPU budget cut to one CPU
+by a CPU-quota cgroup or its affinity (:func:`budget_case`,
+:class:`CpuCgroup`); and inference against PyTorch and ONNX Runtime, each in
+a process of its own (:func:`inference`).
 """
 
 import json
@@ -38,7 +47,8 @@ import numpy as np
 
 __all__ = ["interleaved", "median_ratio", "copy_bandwidth", "stream_bandwidth", "gemm_rate", "torch_train_step",
            "step_gemms", "optimizer_contenders", "run", "merge_own_processes", "text_report", "markdown",
-           "write_files", "main"]
+           "write_files", "BusyProcesses", "contention", "CpuCgroup", "budget_case", "onnx_mlp", "inference",
+           "run_sections", "sections_text", "main"]
 
 
 # ---------------------------------------------------------------------------
@@ -148,6 +158,17 @@ def gemm_rate(n=2048, dtype=np.float32, repeats=5):
     return 2.0 * n ** 3 / float(np.median(t["gemm"]))
 
 
+def cpu_name():
+    """The CPU model (Linux /proc/cpuinfo, else platform.processor())."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return cpu
+
+
 def machine(quick=False):
     """Machine description and limits: cores, CPU, in-place stream and copy
     bandwidth, GEMM rates, last-level cache size."""
@@ -158,12 +179,7 @@ def machine(quick=False):
     bw = copy_bandwidth(1 << 24, repeats=7 if quick else 15)
     stream = stream_bandwidth(1 << 24, repeats=7 if quick else 15)
     gemm_n = 1024 if quick else 2048
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {
         "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
         "numpy": np.__version__, "fastwb": cfg["version"], "threads": fastwb.get_num_threads(),
@@ -1419,8 +1435,939 @@ def write_files(report, json_path=None, plot_path=None, markdown_path=None):
     return written
 
 
+# ---------------------------------------------------------------------------
+# sections of their own: under load, with a cut CPU budget, and inference
+# (``fastwb bench --contention``, ``--cgroup``, ``--inference``)
+# ---------------------------------------------------------------------------
+
+def cores():
+    """The CPUs this process may run on (its affinity mask), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def runnable_tasks():
+    """Tasks running or ready to run right now (Linux ``/proc/loadavg``, counting the
+    reader itself), or None where unknown: the instant load, where the load average
+    trails by a minute."""
+    text = _read_small("/proc/loadavg")
+    try:
+        return int(text.split()[3].split("/")[0])
+    except (AttributeError, IndexError, ValueError):
+        return None
+
+
+def _read_small(path):
+    try:
+        with open(path) as fh:
+            return fh.read(1 << 16)
+    except OSError:
+        return None
+
+
+def median_seconds_within(fn, reps, budget_s, warmup=3, least=5):
+    """Median wall time of up to ``reps`` calls of fn (after ``warmup`` untimed
+    ones), stopping early once ``budget_s`` seconds have passed and at least
+    ``least`` calls are timed: a slow machine under load still finishes."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    end = time.perf_counter() + budget_s
+    while len(ts) < reps and (len(ts) < least or time.perf_counter() < end):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+_SPIN = r"""
+import os, sys
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    for _ in range(100000):
+        pass
+"""
+
+
+class BusyProcesses:
+    """``n`` processes that each spin a pure-Python loop on a CPU: load for the
+    contention benchmark.  A context manager::
+
+        with BusyProcesses(4) as busy:      # busy.pids: their process ids
+            ...                             # timed under load
+
+    Each is a fresh interpreter (``subprocess``, no fork of this process).
+    Leaving the block, however it is left (an exception, KeyboardInterrupt),
+    kills them all with SIGKILL and reaps them, as does :meth:`stop`; if
+    starting them is interrupted, the ones already started are killed before
+    the exception goes on.  And none outlives this process: each checks its
+    parent's pid every few milliseconds and exits once it has changed, so even
+    a parent killed with SIGKILL leaves no spinning orphan behind."""
+
+    def __init__(self, n):
+        import operator
+
+        n = operator.index(n)
+        if n < 0:
+            raise ValueError(f"n must be >= 0 busy processes, got {n}")
+        self.n = n
+        self.procs = []
+
+    @property
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def start(self):
+        import subprocess
+
+        try:
+            for _ in range(self.n):
+                # -S: no site import, so they start fast and import nothing of this tree
+                self.procs.append(subprocess.Popen([sys.executable, "-S", "-c", _SPIN, str(os.getpid())],
+                                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                   stderr=subprocess.DEVNULL))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self):
+        """Kill every process still running (SIGKILL), then reap them all."""
+        procs, self.procs = self.procs, []
+        try:
+            for p in procs:
+                if p.poll() is None:
+                    try:
+                        p.kill()
+                    except OSError:
+                        pass
+        finally:
+            for p in procs:
+                p.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+def contention_workloads(name_filter=None):
+    """``{name: callable}``: the contention benchmark's workloads, each built once
+    (its model, data and output arrays), float32: training steps of 784-256-10
+    at batch 32, 128 and 1024 and of 784-1024-1024-10 at 128 (Adam), predict of
+    784-256-10 at batch 1, 32 and 1024, ``fastwb.linear`` forward 128x784x256
+    with ReLU, and an Adam step on 1M parameters.  ``name_filter``: keep the
+    names containing this text (case-insensitive)."""
+    import fastwb
+
+    rng = np.random.default_rng(0)
+    builders = {}
+
+    def data(batch, n_in, n_out):
+        return rng.standard_normal((batch, n_in)).astype(np.float32), rng.integers(0, n_out, batch)
+
+    def train(sizes, batch):
+        model = fastwb.MLP(sizes, rng=0)
+        X, y = data(batch, sizes[0], sizes[-1])
+        return lambda: model.train_step(X, y)
+
+    def predict(batch):
+        if "model" not in shared:
+            shared["model"] = fastwb.MLP([784, 256, 10], rng=0)
+        model, (X, _) = shared["model"], data(batch, 784, 10)
+        return lambda: model.predict(X)
+
+    def linear():
+        (x, _), W = data(128, 784, 10), (rng.standard_normal((784, 256)) * 0.05).astype(np.float32)
+        b, y = rng.standard_normal(256).astype(np.float32), np.empty((128, 256), np.float32)
+        return lambda: fastwb.linear(x, W, b, "relu", 0.01, y)
+
+    def adam():
+        p = rng.standard_normal(1 << 20).astype(np.float32)
+        g = (rng.standard_normal(1 << 20) * 0.01).astype(np.float32)
+        opt = fastwb.optim.Adam([p], lr=1e-3)
+        return lambda: opt.step([g])
+
+    shared = {}                 # one 784-256-10 model for the three predict batches
+    for sizes, batch in (([784, 256, 10], 32), ([784, 256, 10], 128), ([784, 256, 10], 1024),
+                         ([784, 1024, 1024, 10], 128)):
+        builders[f"train step {'-'.join(map(str, sizes))} b{batch}"] = lambda s=sizes, b=batch: train(s, b)
+    for batch in (1, 32, 1024):
+        builders[f"predict 784-256-10 b{batch}"] = lambda b=batch: predict(b)
+    builders["linear fwd relu 128x784x256"] = linear
+    builders["Adam step 1M"] = adam
+    return {name: build() for name, build in builders.items()
+            if not name_filter or name_filter.lower() in name.lower()}
+
+
+def _at_threads(n, fn):
+    """fn run inside ``fastwb.threads(n)`` (each call, so that both sides of a
+    comparison pay the same few hundred nanoseconds for the switch)."""
+    import fastwb
+
+    def call():
+        with fastwb.threads(n):
+            fn()
+    return call
+
+
+_TORCH_UNDER_LOAD = r"""
+import json, sys
+import torch                        # first: PyTorch loads the OpenMP runtime with its own defaults
+import numpy as np
+from fastwb.benchmark import median_seconds_within, torch_train_step
+step = torch_train_step([784, 256, 10], 128, np.float32)       # PyTorch's default thread count
+step()
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:              # one timing per line: "repetitions budget_seconds"
+    reps, budget = line.split()
+    print(json.dumps({"seconds": median_seconds_within(step, int(reps), float(budget)),
+                      "threads": torch.get_num_threads()}), flush=True)
+"""
+
+
+class _Worker:
+    """A fresh interpreter running ``script`` (from a neutral folder) that answers
+    each line written to it with one JSON line; started before the load, so
+    that its imports are not timed under it.  A context manager: leaving it
+    closes the worker's stdin and kills it if it has not exited soon after."""
+
+    def __init__(self, script, timeout=600):
+        import subprocess
+        import tempfile
+
+        self.timeout = timeout
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True, cwd=tempfile.gettempdir())
+
+    def read(self):
+        """The worker's next JSON line, or raise RuntimeError with its last stderr line."""
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.proc.kill()
+            self.proc.wait()
+            self.err.seek(0)
+            last = (self.err.read().strip().splitlines() or [f"no answer (exit status {self.proc.returncode})"])[-1]
+            raise RuntimeError(last)
+        return json.loads(line)
+
+    def ask(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self):
+        import subprocess
+
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            self.err.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _fresh_process(script, args, timeout=600, stdin=None, env=None):
+    """Run ``python -c script args`` from a neutral folder (in a source checkout
+    "python -c" would import the uncompiled tree); the last stdout line as JSON,
+    or ``(None, reason)``."""
+    import subprocess
+    import tempfile
+
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=tempfile.gettempdir(), input=stdin, env=env)
+    if done.returncode != 0 or not done.stdout.strip():
+        return None, ((done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1]), None
+
+
+def contention(quick=False, threads=None, levels=None, name_filter=None, torch=True, say=lambda *a: None,
+               repeats=None, rounds=None, settle_s=None, torch_budget_s=None):
+    """fastwb under load: for each number of busy processes in ``levels``
+    (default: cores and 2 x cores, :func:`cores`), start them
+    (:class:`BusyProcesses`), then time every workload of
+    :func:`contention_workloads` at fastwb's default thread count (``threads``
+    when given) and at 1 thread, interleaved in this process, and PyTorch's
+    784-256-10 b128 training step at its own default threads in a process of
+    its own beside fastwb's (``rounds`` alternating pairs; skipped without
+    PyTorch or with ``torch=False``; each side's steps for up to
+    ``torch_budget_s`` seconds), then stop them.  PyTorch's process is
+    started, and imports PyTorch, before the first load: only its steps are
+    timed under load.
+
+    Returns ``{"cores", "default_threads", "cpu_budget", "cpu", "quick",
+    "repeats", "rounds", "torch_skipped", "load_before", "load_after",
+    "levels": [{"busy", "pids", "load_start", "load_during",
+    "runnable_during", "workloads": {name: {"default_s", "one_thread_s",
+    "ratio", "spread"}}, "torch": {...} or None}]}``, where ``ratio`` is the
+    median over repetitions of the paired ratio default time / 1-thread time
+    (the target: <= 1.2) and ``torch["ratio"]`` the median over rounds of
+    PyTorch's time / fastwb's (the target: >= 5)."""
+    import contextlib
+
+    import fastwb
+
+    n_cores = cores()
+    default = threads or fastwb.get_num_threads()
+    levels = tuple(levels) if levels is not None else (n_cores, 2 * n_cores)
+    repeats = repeats or (11 if quick else 31)
+    rounds = rounds or (1 if quick else 3)
+    settle_s = (0.5 if quick else 2.0) if settle_s is None else settle_s
+    target_s = 3e-3 if quick else 2e-2
+    work = contention_workloads(name_filter)
+    contenders = {name: {"default": _at_threads(default, fn), "1 thread": _at_threads(1, fn)}
+                  for name, fn in work.items()}
+    for c in contenders.values():           # warm: first calls plan and allocate
+        for fn in c.values():
+            fn()
+    step = work.get("train step 784-256-10 b128") or contention_workloads("784-256-10 b128")[
+        "train step 784-256-10 b128"]
+    with_torch = torch and _torch_importable()
+    report = {"cores": n_cores, "default_threads": default, "cpu_budget": fastwb._runtime.config()["cpu_budget"],
+              "cpu": cpu_name(), "quick": quick, "repeats": repeats, "rounds": rounds if with_torch else 0,
+              "torch_skipped": None if with_torch else ("not asked for" if not torch else "PyTorch is not installed"),
+              "load_before": load_average(), "levels": [], "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    with contextlib.ExitStack() as stack:
+        worker = None
+        if with_torch:
+            say("contention: starting PyTorch's process (before the load)")
+            worker = stack.enter_context(_Worker(_TORCH_UNDER_LOAD))
+            try:
+                worker.read()                   # ready: imported, step built and run once
+            except RuntimeError as e:
+                worker, report["torch_skipped"] = None, f"its process failed: {e}"
+        for n_busy in levels:
+            say(f"contention: starting {n_busy} busy processes")
+            level = {"busy": n_busy, "workloads": {}, "torch": None}
+            with BusyProcesses(n_busy) as busy:
+                level["pids"] = busy.pids
+                time.sleep(settle_s)
+                level["load_start"] = load_average()
+                for name, c in contenders.items():
+                    say(f"  [{n_busy} busy] {name}")
+                    t = interleaved(c, repeats=repeats, target_s=target_s)
+                    level["workloads"][name] = {
+                        "default_s": float(np.median(t["default"])), "one_thread_s": float(np.median(t["1 thread"])),
+                        "ratio": median_ratio(t, "default", "1 thread"),
+                        "spread": halves_spread(t, "default", "1 thread")}
+                if worker is not None:
+                    level["torch"] = _torch_rounds(worker, step, default, quick, rounds, n_busy, say, torch_budget_s)
+                level["load_during"] = load_average()
+                level["runnable_during"] = runnable_tasks()
+            report["levels"].append(level)
+    report["load_after"] = load_average()
+    return report
+
+
+def _torch_importable():
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _torch_rounds(worker, step, default, quick, rounds, n_busy, say, budget=None):
+    """PyTorch's 784-256-10 b128 step timed by ``worker`` (its own process, its
+    default threads), then fastwb's (``step``, at ``default`` threads) in this
+    one, ``rounds`` times; {"error": why} when the worker fails."""
+    import fastwb
+
+    reps = 40 if quick else 200
+    budget = budget or (1.5 if quick else 5.0)
+    pairs = []
+    for r in range(rounds):
+        say(f"  [{n_busy} busy] PyTorch 784-256-10 b128 step, own process ({r + 1}/{rounds})")
+        try:
+            got = worker.ask(f"{reps} {budget}")
+        except (RuntimeError, OSError) as e:
+            return {"error": str(e)}
+        with fastwb.threads(default):
+            mine = median_seconds_within(step, reps, budget)
+        pairs.append((got["seconds"], mine, got["threads"]))
+    return {"torch_s": float(np.median([p[0] for p in pairs])), "fastwb_s": float(np.median([p[1] for p in pairs])),
+            "ratio": float(np.median([p[0] / p[1] for p in pairs])), "torch_threads": pairs[0][2],
+            "rounds": len(pairs)}
+
+
+CONTENTION_LIMIT = 1.2          # default threads / 1 thread under load, at most
+CONTENTION_TORCH = 5.0          # PyTorch / fastwb, 784-256-10 b128 step under load, at least
+
+
+def contention_targets(report):
+    """(description, measured, met) rows of the contention targets."""
+    rows = []
+    for level in report["levels"]:
+        worst = max(level["workloads"].items(), key=lambda kv: kv[1]["ratio"], default=None)
+        if worst:
+            rows.append((f"{level['busy']} busy processes: every workload at the default {report['default_threads']} "
+                         f"threads within {CONTENTION_LIMIT:.1f}x of 1 thread (worst: {worst[0]})",
+                         _fmt_ratio(worst[1]["ratio"]), worst[1]["ratio"] <= CONTENTION_LIMIT))
+        t = level.get("torch") or {}
+        if "ratio" in t:
+            rows.append((f"{level['busy']} busy processes: train step 784-256-10 b128 >= {CONTENTION_TORCH:.0f}x "
+                         "faster than PyTorch at its defaults (own process)", _fmt_ratio(t["ratio"]),
+                         t["ratio"] >= CONTENTION_TORCH))
+    return rows
+
+
+def _load_fmt(v):
+    return "unknown" if v is None else f"{v:.2f}"
+
+
+def contention_lines(report):
+    """The contention section as text lines."""
+    d = report["default_threads"]
+    b = report["cpu_budget"]
+    lines = [f"under load ({report['cpu']}, {report['cores']} cores; fastwb's CPU budget {b['cpus']} "
+             f"({b['source']}), default {d} thread{'s' * (d > 1)}):",
+             "  busy processes spin pure-Python loops; every workload runs at the default thread count and at 1 "
+             "thread (fastwb.threads(1)), interleaved in this process, each repetition in rotating order; "
+             f"{report['repeats']} repetitions",
+             "  default / 1 thread: median of the paired ratios (> 1: the default is slower than 1 thread); "
+             f"{UNSTABLE}: the two halves of the repetitions disagree by more than {100 * SPREAD_LIMIT:.0f}%",
+             f"  load average (1 min) before: {_load_fmt(report['load_before'])}, after: "
+             f"{_load_fmt(report.get('load_after'))}"]
+    for level in report["levels"]:
+        lines += ["", f"  {level['busy']} busy processes: load average {_load_fmt(level['load_start'])} after "
+                      f"starting them, {_load_fmt(level['load_during'])} at the end; runnable tasks at the end: "
+                      f"{level['runnable_during'] if level['runnable_during'] is not None else 'unknown'}"]
+        rows = [("workload", f"default ({d})", "1 thread", "default/1")]
+        for name, w in level["workloads"].items():
+            mark = f" {UNSTABLE}" if w["spread"] > SPREAD_LIMIT else ""
+            rows.append((name + mark, _fmt_time(w["default_s"]), _fmt_time(w["one_thread_s"]), _fmt_ratio(w["ratio"])))
+        lines += ["  " + row for row in _text_table(rows, 36, 13)]
+        t = level.get("torch")
+        if t and "ratio" in t:
+            lines.append(f"    PyTorch train step 784-256-10 b128 at its defaults ({t['torch_threads']} threads, own "
+                         f"process): {_fmt_time(t['torch_s'])}; fastwb at {d}: {_fmt_time(t['fastwb_s'])}; "
+                         f"PyTorch / fastwb {_fmt_ratio(t['ratio'])} (median of {t['rounds']} round"
+                         f"{'s' * (t['rounds'] > 1)})")
+        elif t:
+            lines.append(f"    PyTorch: its process failed: {t['error']}")
+    if report.get("torch_skipped"):
+        lines.append(f"  PyTorch comparison skipped: {report['torch_skipped']}")
+    rows = contention_targets(report)
+    if rows:
+        lines += ["", "  targets:"] + [f"    {'ok  ' if ok else 'MISS'} {desc}: {v}" for desc, v, ok in rows]
+    return lines
+
+
+# -- a cut CPU budget ------------------------------------------------------------------
+
+_BUDGET_CHILD = r"""
+import json, os, sys
+method, cpu, repeats, target_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+if method == "sched_setaffinity":
+    os.sched_setaffinity(0, {cpu})
+else:
+    sys.stdin.readline()            # the parent has moved this process into the cgroup: go on
+import numpy as np                  # only now: NumPy's BLAS and fastwb size their threads at import
+import fastwb
+from fastwb import benchmark
+cfg = fastwb._runtime.config()
+default = fastwb.get_num_threads()
+try:
+    affinity = len(os.sched_getaffinity(0))
+except (AttributeError, OSError):
+    affinity = os.cpu_count() or 1
+step = benchmark.contention_workloads("784-256-10 b128")["train step 784-256-10 b128"]
+counts = {"default": default, "1 thread": 1}
+if affinity > default:
+    counts[f"{affinity} threads"] = affinity        # what the process would run without its budget
+t = benchmark.interleaved({k: benchmark._at_threads(n, step) for k, n in counts.items()}, repeats, target_s)
+print(json.dumps({"cpu_budget": cfg["cpu_budget"], "num_threads": default, "affinity": affinity,
+                  "cgroup": open("/proc/self/cgroup").read() if os.path.exists("/proc/self/cgroup") else None,
+                  "seconds": {k: float(np.median(v)) for k, v in t.items()},
+                  "ratio": {k: benchmark.median_ratio(t, k, "1 thread") for k in t if k != "1 thread"}}))
+"""
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_PERIOD_US = 100000
+
+
+def _write(path, text):
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+class CpuCgroup:
+    """A child cgroup limited to ``cpus`` CPUs (quota = cpus x 100 ms per 100 ms),
+    made by :meth:`make` under ``CGROUP_ROOT``: cgroup v2 (``cpu.max``) where the
+    cgroup2 hierarchy is mounted there with the cpu controller enabled for its
+    children, else the cgroup v1 cpu hierarchy (``cpu.cfs_quota_us``).  Needs
+    root.  :meth:`add` moves a process in; :meth:`remove` deletes the cgroup (its
+    processes must have exited first)."""
+
+    def __init__(self, kind, path):
+        self.kind, self.path = kind, path
+
+    @classmethod
+    def place(cls, root=CGROUP_ROOT):
+        """``(kind, parent directory)`` where one can be made, or ``(None, why not)``."""
+        if not hasattr(os, "geteuid") or os.geteuid() != 0:
+            return None, "not running as root"
+        if "cpu" in (_read_small(os.path.join(root, "cgroup.subtree_control")) or "").split():
+            if os.access(root, os.W_OK):
+                return "v2", root
+            return None, f"cgroup v2 at {root} is not writable"
+        for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+            d = os.path.join(root, name)
+            if os.path.isfile(os.path.join(d, "cpu.cfs_quota_us")) and os.access(d, os.W_OK):
+                return "v1", d
+        return None, f"no writable cgroup v2 hierarchy with the cpu controller, nor a v1 cpu hierarchy, at {root}"
+
+    @classmethod
+    def make(cls, cpus=1, root=CGROUP_ROOT):
+        """The cgroup, or ``(None, why not)`` where none can be made."""
+        kind, parent = cls.place(root)
+        if kind is None:
+            return None, parent
+        path = os.path.join(parent, f"fastwb-bench-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.mkdir(path)
+        except OSError as e:
+            return None, f"cannot create {path}: {e}"
+        cg = cls(kind, path)
+        quota = int(cpus * CGROUP_PERIOD_US)
+        try:
+            if kind == "v2":
+                _write(os.path.join(path, "cpu.max"), f"{quota} {CGROUP_PERIOD_US}")
+            else:
+                _write(os.path.join(path, "cpu.cfs_period_us"), str(CGROUP_PERIOD_US))
+                _write(os.path.join(path, "cpu.cfs_quota_us"), str(quota))
+        except OSError as e:
+            cg.remove()
+            return None, f"cannot set the CPU quota of {path}: {e}"
+        return cg, None
+
+    @property
+    def method(self):
+        return "cgroup v2 cpu.max" if self.kind == "v2" else "cgroup v1 cfs quota"
+
+    def add(self, pid):
+        _write(os.path.join(self.path, "cgroup.procs"), str(pid))
+
+    def remove(self, tries=50):
+        """Delete the cgroup (retrying a little while its last process is being
+        reaped); True when it is gone."""
+        for _ in range(tries):
+            try:
+                os.rmdir(self.path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError:
+                time.sleep(0.02)
+        return not os.path.exists(self.path)
+
+
+def budget_case(quick=False, method=None, repeats=None, say=lambda *a: None):
+    """fastwb's default thread count in a child process whose CPU budget is cut to
+    one CPU: a CPU-quota cgroup (:class:`CpuCgroup`) where one can be made, the
+    child moved into it before it imports anything, else
+    ``os.sched_setaffinity`` to one core in the child before its imports.
+    ``method``: None (the first that works), ``"cgroup"`` or
+    ``"sched_setaffinity"``.  The child runs without ``OMP_NUM_THREADS`` (it
+    shows fastwb's default) and reports ``fastwb._runtime.config()["cpu_budget"]``,
+    ``fastwb.get_num_threads()`` and its 784-256-10 b128 training step at the
+    default, at 1 thread and at the affinity's CPU count where that is more.
+    The cgroup is removed afterwards, whatever happens.
+
+    Returns ``{"method", "why_not_cgroup", "cgroup_path", "cgroup_removed",
+    "child": {...}, "adapted"}`` (``adapted``: the child's thread count is its
+    budget of 1 CPU), or ``{"method", "error"}`` when the child failed."""
+    if method not in (None, "cgroup", "sched_setaffinity"):
+        raise ValueError(f"method must be None, 'cgroup' or 'sched_setaffinity', got {method!r}")
+    repeats = repeats or (7 if quick else 21)
+    target_s = 2e-3 if quick else 1e-2
+    cg, why = (None, "not asked for") if method == "sched_setaffinity" else CpuCgroup.make(1)
+    if cg is None and method == "cgroup":
+        raise RuntimeError(f"no CPU-quota cgroup can be made here: {why}")
+    out = None
+    if cg is not None:
+        out = {"method": cg.method, "why_not_cgroup": None, "cgroup_path": cg.path}
+        say(f"CPU budget cut to 1 CPU ({cg.method}): timing a child process")
+        try:
+            done = _budget_child(cg.method, repeats, target_s, cg)
+        except OSError as e:            # the child could not be moved in: it was killed
+            if method == "cgroup":
+                raise
+            why = f"cannot move a process into {cg.path}: {e}"
+            out = None
+        finally:
+            removed = cg.remove()
+        if out is not None:
+            out["cgroup_removed"] = removed
+    if out is None:
+        if not hasattr(os, "sched_setaffinity"):
+            return {"method": None, "why_not_cgroup": why, "error": "os.sched_setaffinity is not available either"}
+        out = {"method": "sched_setaffinity", "why_not_cgroup": why, "cgroup_path": None}
+        say("CPU budget cut to 1 CPU (sched_setaffinity): timing a child process")
+        done = _budget_child("sched_setaffinity", repeats, target_s)
+    returncode, stdout, stderr = done
+    if returncode != 0 or not stdout.strip():
+        out["error"] = (stderr.strip().splitlines() or [f"exit status {returncode}"])[-1]
+        return out
+    child = json.loads(stdout.strip().splitlines()[-1])
+    out["child"] = child
+    out["adapted"] = child["cpu_budget"]["cpus"] == 1 and child["num_threads"] == child["cpu_budget"]["cpus"]
+    return out
+
+
+def _budget_child(method, repeats, target_s, cgroup=None):
+    """Run :data:`_BUDGET_CHILD` (without ``OMP_NUM_THREADS``), first moved into
+    ``cgroup`` when given; ``(exit status, stdout, stderr)``.  The child is
+    killed and reaped whatever happens; OSError when it cannot be moved."""
+    import subprocess
+    import tempfile
+
+    cpu = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.Popen([sys.executable, "-c", _BUDGET_CHILD, method, str(cpu), str(repeats), str(target_s)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tempfile.gettempdir(), env=env)
+    try:
+        if cgroup is not None:
+            cgroup.add(proc.pid)        # before the child reads its go line, so before any import
+        stdout, stderr = proc.communicate("go\n", timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+    return proc.returncode, stdout, stderr
+
+
+def budget_lines(report):
+    """The cut-budget section as text lines."""
+    how = {"cgroup v2 cpu.max": f"a cgroup v2 with cpu.max \"{CGROUP_PERIOD_US} {CGROUP_PERIOD_US}\"",
+           "cgroup v1 cfs quota": f"a cgroup v1 with cpu.cfs_quota_us {CGROUP_PERIOD_US} / cpu.cfs_period_us "
+                                  f"{CGROUP_PERIOD_US}",
+           "sched_setaffinity": "os.sched_setaffinity to one core"}.get(report["method"], str(report["method"]))
+    lines = [f"CPU budget cut to 1 CPU: {how}, in a child process, before it imports fastwb (without "
+             "OMP_NUM_THREADS)"]
+    if report.get("why_not_cgroup") and report["why_not_cgroup"] != "not asked for":
+        lines.append(f"  (no cgroup: {report['why_not_cgroup']})")
+    if report.get("cgroup_path"):
+        lines.append(f"  cgroup {report['cgroup_path']}: "
+                     + ("removed afterwards" if report.get("cgroup_removed") else "COULD NOT BE REMOVED"))
+    if "error" in report:
+        return lines + [f"  the child failed: {report['error']}"]
+    c = report["child"]
+    b = c["cpu_budget"]
+    quota = "none" if b["quota"] is None else f"{b['quota']:g} CPU" + "s" * (b["quota"] != 1)
+    lines.append(f"  child: cpu_budget cpus {b['cpus']} (affinity {b['affinity']}, quota {quota}, source "
+                 f"{b['source']}); fastwb.get_num_threads() {c['num_threads']}: the default "
+                 + ("adapted" if report["adapted"] else "DID NOT ADAPT"))
+    s = c["seconds"]
+    parts = [f"{k} {_fmt_time(v)}" for k, v in s.items()]
+    ratios = [f"{k} / 1 thread {_fmt_ratio(v)}" for k, v in c["ratio"].items()]
+    lines.append("  train step 784-256-10 b128 in the child (median per call, interleaved): " + ", ".join(parts)
+                 + "; " + ", ".join(ratios))
+    return lines
+
+
+# -- inference against PyTorch and ONNX Runtime ----------------------------------------
+
+INFERENCE_SIZES = [784, 256, 10]
+INFERENCE_BATCHES = (1, 32, 1024)
+
+
+def mlp_weights(model):
+    """``[(W, b)]`` of a fastwb MLP's Linear layers, W stored (in, out)."""
+    sd = model.state_dict()
+    keys = sorted({k.split(".")[0] for k in sd if k.endswith(".weight")}, key=int)
+    return [(np.ascontiguousarray(sd[f"{k}.weight"]), np.ascontiguousarray(sd[f"{k}.bias"])) for k in keys]
+
+
+def onnx_mlp(weights):
+    """The ONNX graph (serialized bytes) of an MLP with ReLU hidden layers:
+    MatMul -> Add (-> Relu) per layer, weights ``[(W (in, out), b)]`` as
+    initializers, input "x" of shape (batch, in), output "logits"."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, cur = [], [], "x"
+    for i, (W, b) in enumerate(weights):
+        inits += [numpy_helper.from_array(np.asarray(W, np.float32), f"W{i}"),
+                  numpy_helper.from_array(np.asarray(b, np.float32), f"b{i}")]
+        last = i == len(weights) - 1
+        z = "logits" if last else f"z{i}"
+        nodes += [helper.make_node("MatMul", [cur, f"W{i}"], [f"xw{i}"]),
+                  helper.make_node("Add", [f"xw{i}", f"b{i}"], [z])]
+        if not last:
+            nodes.append(helper.make_node("Relu", [z], [f"h{i}"]))
+            cur = f"h{i}"
+    graph = helper.make_graph(
+        nodes, "fastwb_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", weights[0][0].shape[0]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", weights[-1][0].shape[1]])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8                  # opset 17's; read by every ONNX Runtime since 1.12
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+_INFER_CHILD = r"""
+import json, sys
+which, path, out_path, threads, repeats, target_s = (sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]),
+                                                     int(sys.argv[5]), float(sys.argv[6]))
+if which == "torch":
+    import torch                    # first: PyTorch loads the OpenMP runtime with its own defaults
+    torch.set_num_threads(threads)
+else:
+    import onnxruntime as ort
+import numpy as np
+from fastwb import benchmark
+data = np.load(path)
+weights = [(data[f"W{i}"], data[f"b{i}"]) for i in range(int(data["layers"]))]
+X, batches = data["X"], [int(b) for b in data["batches"]]
+runs = {}
+if which == "torch":
+    layers = []
+    for i, (W, b) in enumerate(weights):
+        lin = torch.nn.Linear(*W.shape)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W.T.copy()))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers += [lin] + ([torch.nn.ReLU()] if i < len(weights) - 1 else [])
+    net = torch.nn.Sequential(*layers).eval()
+    def make(x):
+        tx = torch.from_numpy(x)
+        def call():
+            with torch.inference_mode():
+                return net(tx)
+        return call
+    runs[f"PyTorch ({torch.get_num_threads()} threads)"] = make
+else:
+    graph = benchmark.onnx_mlp(weights)
+    def session(n):
+        opts = ort.SessionOptions()
+        if n:
+            opts.intra_op_num_threads = n
+        s = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        return lambda x: (lambda: s.run(None, {"x": x})[0])
+    runs["ONNX Runtime (default options)"] = session(0)
+    runs[f"ONNX Runtime (intra_op_num_threads={threads})"] = session(threads)
+out, logits = {}, {}
+for name, make in runs.items():          # one configuration at a time: idle thread pools may spin
+    out[name] = {}
+    for b in batches:
+        call = make(np.ascontiguousarray(X[:b]))
+        out[name][str(b)] = float(np.median(benchmark.interleaved({"f": call}, repeats, target_s)["f"]))
+    y = make(X)()
+    logits[name] = np.asarray(y.numpy() if hasattr(y, "numpy") else y, np.float32)
+np.savez(out_path, **{f"y{i}": v for i, v in enumerate(logits.values())})
+print(json.dumps({"seconds": out, "names": list(logits)}))
+"""
+
+
+def _importable(*names):
+    """The names of the modules among ``names`` that cannot be imported (found)."""
+    import importlib.util
+
+    missing = []
+    for n in names:
+        try:
+            if importlib.util.find_spec(n) is None:
+                missing.append(n)
+        except (ImportError, ValueError):
+            missing.append(n)
+    return missing
+
+
+def inference(quick=False, threads=None, rounds=None, repeats=None, say=lambda *a: None):
+    """Inference of one 784-256-10 float32 MLP (fastwb's, with its weights copied
+    into the others) at batch 1, 32 and 1024: fastwb's ``logits`` in this process
+    against PyTorch (``torch.inference_mode()``, ``eval()``, fastwb's thread
+    count) and ONNX Runtime (the graph built by :func:`onnx_mlp`; one session
+    with default options, one with ``intra_op_num_threads`` = fastwb's thread
+    count), each in a fresh process of its own, alternating ``rounds`` times.
+    A peer that is not installed is skipped, and the report says why.
+
+    Returns ``{"threads", "batches", "rounds", "contenders": {name: {"seconds":
+    {batch: median s}, "ratio": {batch: median over rounds of its time /
+    fastwb's}, "max_abs_diff": largest |its logits - fastwb's| on the 1024
+    batch}}, "fastwb": {batch: s}, "skipped": {peer: why}}``."""
+    import tempfile
+
+    import fastwb
+
+    threads = threads or fastwb.get_num_threads()
+    rounds = rounds or (2 if quick else 5)
+    repeats = repeats or (7 if quick else 21)
+    target_s = 2e-3 if quick else 1e-2
+    model = fastwb.MLP(INFERENCE_SIZES, rng=0)
+    X = np.random.default_rng(0).standard_normal((max(INFERENCE_BATCHES), INFERENCE_SIZES[0])).astype(np.float32)
+    reference = model.logits(X)
+    peers, skipped = [], {}
+    missing = _importable("torch")
+    if missing:
+        skipped["PyTorch"] = "PyTorch is not installed (pip install torch)"
+    else:
+        peers.append("torch")
+    missing = _importable("onnxruntime", "onnx")
+    if missing:
+        skipped["ONNX Runtime"] = f"{' and '.join(missing)} not installed (pip install onnxruntime onnx)"
+    else:
+        peers.append("ort")
+    per_round = {}                        # name -> [{batch: seconds}] one per round
+    mine = []
+    diffs = {}
+    with tempfile.TemporaryDirectory(prefix="fastwb-bench-") as tmp:
+        path = os.path.join(tmp, "model.npz")
+        weights = mlp_weights(model)
+        arrays = {f"W{i}": W for i, (W, _) in enumerate(weights)}
+        arrays.update({f"b{i}": b for i, (_, b) in enumerate(weights)})
+        np.savez(path, X=X, batches=np.array(INFERENCE_BATCHES), layers=len(weights), **arrays)
+        calls = {b: (lambda x=np.ascontiguousarray(X[:b]): model.logits(x)) for b in INFERENCE_BATCHES}
+        for r in range(rounds):
+            got_round = {}
+            for peer in peers:
+                say(f"inference: {peer} in its own process ({r + 1}/{rounds})")
+                out_path = os.path.join(tmp, f"{peer}.npz")
+                got, why = _fresh_process(_INFER_CHILD, [peer, path, out_path, threads, repeats, target_s])
+                if got is None:
+                    skipped.setdefault("PyTorch" if peer == "torch" else "ONNX Runtime", f"its process failed: {why}")
+                    continue
+                with np.load(out_path) as ys:
+                    for i, name in enumerate(got["names"]):
+                        diffs[name] = max(diffs.get(name, 0.0), float(np.max(np.abs(ys[f"y{i}"] - reference))))
+                for name, secs in got["seconds"].items():
+                    got_round[name] = {int(b): s for b, s in secs.items()}
+            say(f"inference: fastwb in this process ({r + 1}/{rounds})")
+            with fastwb.threads(threads):
+                mine.append({b: float(np.median(interleaved({"f": fn}, repeats, target_s)["f"]))
+                             for b, fn in calls.items()})
+            for name, secs in got_round.items():
+                per_round.setdefault(name, []).append((secs, mine[-1]))
+    contenders = {}
+    for name, pairs in per_round.items():
+        contenders[name] = {
+            "seconds": {b: float(np.median([p[0][b] for p in pairs])) for b in INFERENCE_BATCHES},
+            "ratio": {b: float(np.median([p[0][b] / p[1][b] for p in pairs])) for b in INFERENCE_BATCHES},
+            "max_abs_diff": diffs.get(name), "rounds": len(pairs)}
+    return {"threads": threads, "batches": list(INFERENCE_BATCHES), "rounds": rounds, "repeats": repeats,
+            "fastwb": {b: float(np.median([m[b] for m in mine])) for b in INFERENCE_BATCHES},
+            "contenders": contenders, "skipped": skipped, "load": load_average(), "cpu": cpu_name(),
+            "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+INFERENCE_ORT_LIMIT = 1.1       # fastwb / ONNX Runtime at batch 32 and 1024, at most
+
+
+def inference_targets(report):
+    """(description, measured, met) rows of the inference targets."""
+    rows = []
+    for name, c in report["contenders"].items():
+        if name.startswith("PyTorch"):
+            for b in report["batches"]:
+                x = c["ratio"][b]
+                rows.append((f"inference b{b}: faster than {name}", _fmt_ratio(x), x > 1))
+    ort = {n: c for n, c in report["contenders"].items() if n.startswith("ONNX Runtime")}
+    for b in (32, 1024):
+        if ort and b in report["batches"]:
+            name, c = min(ort.items(), key=lambda kv: kv[1]["ratio"][b])     # the faster ORT session
+            slower = 1 / c["ratio"][b]
+            rows.append((f"inference b{b}: within {INFERENCE_ORT_LIMIT:.1f}x of {name}, the faster ORT session "
+                         "(fastwb time / ORT time)", _fmt_ratio(slower), slower <= INFERENCE_ORT_LIMIT))
+    return rows
+
+
+def inference_lines(report):
+    """The inference section as text lines."""
+    t = report["threads"]
+    lines = [f"inference 784-256-10 float32 ({report['cpu']}; fastwb logits at {t} thread{'s' * (t > 1)} in this "
+             f"process; each peer in a fresh process of its own, {report['rounds']} alternating rounds; load average "
+             f"{_load_fmt(report.get('load'))}):",
+             "  seconds per call (medians); x fastwb: median over rounds of the peer's time / fastwb's (> 1: fastwb "
+             "faster); max |diff|: largest difference from fastwb's logits on the 1024 batch"]
+    bs = report["batches"]
+    rows = [["contender"] + [f"b{b}" for b in bs] + [f"x fastwb b{b}" for b in bs] + ["max |diff|"]]
+    rows.append(["fastwb"] + [_fmt_time(report["fastwb"][b]) for b in bs] + ["-"] * len(bs) + ["-"])
+    for name, c in report["contenders"].items():
+        d = c.get("max_abs_diff")
+        rows.append([name] + [_fmt_time(c["seconds"][b]) for b in bs] + [_fmt_ratio(c["ratio"][b]) for b in bs]
+                    + ["-" if d is None else f"{d:.1e}"])
+    lines += _text_table(rows, 40, 15)
+    for peer, why in report["skipped"].items():
+        lines.append(f"  {peer} skipped: {why}")
+    rows = inference_targets(report)
+    if rows:
+        lines += ["", "  targets:"] + [f"    {'ok  ' if ok else 'MISS'} {desc}: {v}" for desc, v, ok in rows]
+    return lines
+
+
+SECTIONS = ("contention", "cgroup", "inference")
+
+
+def run_sections(sections, quick=False, threads=None, name_filter=None, progress=True):
+    """Run the named sections (of :data:`SECTIONS`) in that order; returns
+    ``{section: report}``."""
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+    out = {}
+    for s in sections:
+        if s == "contention":
+            out[s] = contention(quick, threads, name_filter=name_filter, say=say)
+        elif s == "cgroup":
+            out[s] = budget_case(quick, say=say)
+        elif s == "inference":
+            out[s] = inference(quick, threads, say=say)
+        else:
+            raise ValueError(f"unknown section {s!r}: expected one of {', '.join(SECTIONS)}")
+    return out
+
+
+def sections_text(reports):
+    """All the sections' text lines, one blank line between sections."""
+    lines = []
+    for s, rep in reports.items():
+        if lines:
+            lines.append("")
+        lines += {"contention": contention_lines, "cgroup": budget_lines, "inference": inference_lines}[s](rep)
+    return lines
+
+
 def main(args):
     """``fastwb bench``: argparse namespace from fastwb.cli (which has checked the output paths)."""
+    sections = [s for s in SECTIONS if getattr(args, s, False)]
+    if sections:
+        reports = run_sections(sections, args.quick, args.threads, args.filter, progress=not args.quiet)
+        for line in sections_text(reports):
+            print(line)
+        if args.json:
+            from fastwb._io import atomic_open
+
+            text = json.dumps(reports, indent=1, default=str)
+            with atomic_open(args.json, "w") as fh:
+                fh.write(text)
+            print(f"wrote {args.json}")
+        return 0
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     report = run(args.quick, args.threads, dtypes, args.filter, progress=not args.quiet)
     for line in text_report(report):

@@ -245,6 +245,13 @@ def _cmd_train(args):
 def _cmd_bench(args):
     from fastwb import benchmark
 
+    sections = [f"--{s}" for s in ("contention", "cgroup", "inference") if getattr(args, s, False)]
+    extra = [f"--{o}" for o in ("plot", "markdown") if getattr(args, o, None)]
+    if sections and extra:
+        # a usage error like the parser's: one line on stderr, exit status 2, before any work
+        print(f"fastwb bench: error: {' and '.join(extra)}: for the comparison report only, not with "
+              f"{' '.join(sections)} (use --json; see 'fastwb bench --help')", file=sys.stderr)
+        raise SystemExit(2)
     return benchmark.main(args)
 
 
@@ -297,6 +304,18 @@ def build_parser():
                        help="write the figure (speedups, limits, size and thread scaling)")
     bench.add_argument("--markdown", type=output_path, metavar="MD", help="write BENCHMARKS.md-style Markdown")
     bench.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    sections = bench.add_argument_group(
+        "sections", "each runs instead of the comparison report; several run in this order; --quick, --threads "
+                    "(fastwb's default thread count), --filter (--contention's workloads) and --json apply")
+    sections.add_argument("--contention", action="store_true",
+                          help="under load: N = cores and 2 x cores busy processes; every workload at the default "
+                               "threads vs 1 thread, and PyTorch's 784-256-10 step at its defaults")
+    sections.add_argument("--cgroup", action="store_true",
+                          help="a child process with its CPU budget cut to 1 CPU (a CPU-quota cgroup as root, "
+                               "else sched_setaffinity): does the default thread count adapt?")
+    sections.add_argument("--inference", action="store_true",
+                          help="784-256-10 float32 inference at batch 1, 32, 1024 against PyTorch and ONNX Runtime, "
+                               "each in its own process")
     bench.set_defaults(func=_cmd_bench)
     return parser
 
