@@ -121,11 +121,12 @@ def _array(d, key, shape, dtype, k, optional=False):
 
 # ---------------------------------------------------------------------------
 # Thread choice by measurement.  Each plan times its own calls (forward and
-# step apart) and keeps a running estimate for its planned thread counts
+# step apart) and keeps a running mean for its planned thread counts
 # ("parallel") and for one thread ("serial").  The first calls measure both;
-# afterwards the other choice is tried again after `interval` calls (8,
-# doubling up to 1024 while it keeps losing), and at once when three calls in
-# a row take more than three times the estimate (the machine got busy).  A
+# afterwards the other choice is tried again (two calls) after `interval`
+# calls (8, doubling up to 1024 while it keeps losing), and at once when
+# three calls among the last few take more than three times what the choice
+# took when it was made (the machine got busy).  A
 # busy machine makes every parallel region wait for its slowest thread, so
 # the plan falls back to one thread there, and returns to its planned counts
 # when they win again.  Results never depend on the choice (tiles are fixed
@@ -145,61 +146,72 @@ cdef extern from *:
 
 cdef enum:
     _WARMUP = 1             # first calls not timed (page faults, thread start)
+    _TRY_CALLS = 2          # calls of the other choice per try
     _FIRST_INTERVAL = 8
     _MAX_INTERVAL = 1024
 
 cdef struct _Chooser:
-    double est[2]           # seconds per call: [parallel, serial] (0: not measured yet)
+    double est[2]           # mean seconds per call: [parallel, serial] (0: not measured yet)
+    double ref              # the choice's estimate when it was made: slowness is judged against it
     int mode                # 0 parallel, 1 serial: the choice in use
-    bint probing            # this call runs the other choice
+    int trying              # calls of the other choice still to run in this try
     int interval, slow
-    long long calls, next_probe
+    long long calls, next_try
 
 
 cdef void _chooser_reset(_Chooser *c) noexcept nogil:
-    c.est[0] = c.est[1] = 0.0
+    c.est[0] = c.est[1] = c.ref = 0.0
     c.mode = 0
-    c.probing = False
+    c.trying = 0
     c.interval = _FIRST_INTERVAL
     c.slow = 0
     c.calls = 0
-    c.next_probe = _WARMUP + 2      # two parallel calls, then one serial, then decide
+    c.next_try = _WARMUP + 2       # two parallel calls, then two serial ones, then decide
 
 
 cdef inline int _chooser_use(_Chooser *c) noexcept nogil:
     """The choice for this call (0 parallel, 1 serial)."""
-    if c.calls >= c.next_probe and not c.probing:
-        c.probing = True
-    return 1 - c.mode if c.probing else c.mode
+    if c.trying == 0 and c.calls >= c.next_try:
+        c.trying = _TRY_CALLS
+        c.est[1 - c.mode] = 0.0         # a fresh measurement: the old one is stale
+    return 1 - c.mode if c.trying else c.mode
 
 
 cdef void _chooser_observe(_Chooser *c, int used, double seconds) noexcept nogil:
     """Record a call's time and settle the choice."""
-    cdef int other = 1 - c.mode
     c.calls += 1
     if c.calls <= _WARMUP:
         return
-    if c.est[used] == 0.0 or c.probing:     # a try of the other choice: the old figure is stale
-        c.est[used] = seconds
-    elif seconds > 3.0 * c.est[used]:
-        # far slower than expected: an outlier, or the machine got busy (three in a row)
-        c.slow += 1
-        if c.slow >= 3:
-            c.est[used] = seconds
-            c.next_probe = c.calls      # measure the other choice now
+    if c.trying and used != c.mode:
+        c.est[used] = seconds if c.est[used] == 0.0 else 0.5 * (c.est[used] + seconds)
+        c.trying -= 1
+        if c.trying == 0:
+            if c.est[used] < 0.9 * c.est[c.mode]:
+                c.mode = used
+                c.interval = _FIRST_INTERVAL
+            elif c.interval < _MAX_INTERVAL:
+                c.interval *= 2
+            c.next_try = c.calls + c.interval
+            c.ref = c.est[c.mode]
             c.slow = 0
         return
-    else:
-        c.est[used] = 0.7 * c.est[used] + 0.3 * seconds
-    c.slow = 0
-    if c.probing:
-        c.probing = False
-        if c.est[other] < 0.9 * c.est[c.mode]:
-            c.mode = other
-            c.interval = _FIRST_INTERVAL
-        elif c.interval < _MAX_INTERVAL:
-            c.interval *= 2
-        c.next_probe = c.calls + c.interval
+    # a call of the choice in use: its running mean, and whether calls got far slower
+    # than when the choice was made (a busy machine: stalls at every parallel region)
+    c.est[used] = seconds if c.est[used] == 0.0 else 0.7 * c.est[used] + 0.3 * seconds
+    if c.ref == 0.0:
+        c.ref = c.est[used]
+    if seconds > 3.0 * c.ref:
+        c.slow += 2
+        if c.slow >= 6:             # three slow calls, in a row or among a few: try the other now
+            c.next_try = c.calls
+            c.slow = 0
+    elif c.slow > 0:
+        c.slow -= 1
+
+
+cdef dict _chooser_state(_Chooser *c):
+    return {"mode": "serial" if c.mode else "parallel", "calls": c.calls,
+            "parallel_s": c.est[0] or None, "serial_s": c.est[1] or None}
 
 
 cdef class ThreadChoice:
@@ -553,11 +565,6 @@ def use_python_thread_rule(bint on):
     OpenMP runtime's thread count directly (False, the common case: ~20 ns)."""
     global _python_rule
     _python_rule = on
-
-
-cdef dict _chooser_state(_Chooser *c):
-    return {"mode": "serial" if c.mode else "parallel", "calls": c.calls,
-            "parallel_s": c.est[0] or None, "serial_s": c.est[1] or None}
 
 
 cdef int _set_limit(Plan P, _Chooser *c) except -2:
