@@ -20,39 +20,16 @@ from fastwb._parallel cimport part_start as _part
 from fastwb._rows cimport *
 
 
-cdef inline void _bias_act(const floating *z, const floating *b, floating *y, Py_ssize_t n,
-                           int act, double alpha) noexcept nogil:
-    if floating is float:
-        fwb_bias_act_f32(z, b, y, n, act, <float>alpha)
-    else:
-        fwb_bias_act_f64(z, b, y, n, act, alpha)
-
-
-cdef inline void _act_grad(const floating *g, const floating *y, floating *dz, Py_ssize_t n,
-                           int act, double alpha) noexcept nogil:
-    if floating is float:
-        fwb_act_grad_f32(g, y, dz, n, act, <float>alpha)
-    else:
-        fwb_act_grad_f64(g, y, dz, n, act, alpha)
-
-
-cdef inline void _accumulate(floating *acc, const floating *v, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        fwb_accumulate_f32(acc, v, n)
-    else:
-        fwb_accumulate_f64(acc, v, n)
-
-
 cdef void bias_act_2d(const floating *z, const floating *b, floating *y, Py_ssize_t n, Py_ssize_t m,
                       int act, double alpha, int n_threads) noexcept nogil:
     """y = act(z + b) row by row (b may be NULL), rows spread over n_threads."""
     cdef Py_ssize_t i
     if n_threads == 1:      # no parallel region: entering one costs about a microsecond
         for i in range(n):
-            _bias_act(z + i * m, b, y + i * m, m, act, alpha)
+            bias_act_row(z + i * m, b, y + i * m, m, act, alpha)
         return
     for i in prange(n, schedule="static", num_threads=n_threads):
-        _bias_act(z + i * m, b, y + i * m, m, act, alpha)
+        bias_act_row(z + i * m, b, y + i * m, m, act, alpha)
 
 
 def bias_act_rows(const floating[:, ::1] z,   # IN  (n, m)
@@ -73,13 +50,13 @@ cdef void act_1d(const floating *z, floating *y, Py_ssize_t n, int act, double a
     n_threads contiguous parts (part_start)."""
     cdef Py_ssize_t lo, hi, t
     if n_threads == 1:
-        _bias_act(z, <const floating *>NULL, y, n, act, alpha)
+        bias_act_row(z, <const floating *>NULL, y, n, act, alpha)
         return
     for t in prange(n_threads, schedule="static", num_threads=n_threads):
         lo = _part(n, t, n_threads)
         hi = _part(n, t + 1, n_threads)
         if hi > lo:
-            _bias_act(z + lo, <const floating *>NULL, y + lo, hi - lo, act, alpha)
+            bias_act_row(z + lo, <const floating *>NULL, y + lo, hi - lo, act, alpha)
 
 
 cdef void act_grad_1d(const floating *g, const floating *y, floating *dz, Py_ssize_t n, int act, double alpha,
@@ -88,13 +65,13 @@ cdef void act_grad_1d(const floating *g, const floating *y, floating *dz, Py_ssi
     split into n_threads contiguous parts (part_start)."""
     cdef Py_ssize_t lo, hi, t
     if n_threads == 1:
-        _act_grad(g, y, dz, n, act, alpha)
+        act_grad_row(g, y, dz, n, act, alpha)
         return
     for t in prange(n_threads, schedule="static", num_threads=n_threads):
         lo = _part(n, t, n_threads)
         hi = _part(n, t + 1, n_threads)
         if hi > lo:
-            _act_grad(g + lo, y + lo, dz + lo, hi - lo, act, alpha)
+            act_grad_row(g + lo, y + lo, dz + lo, hi - lo, act, alpha)
 
 
 def act_flat(const floating[::1] z,   # IN  (n,)
@@ -127,8 +104,8 @@ cdef inline void _act_grad_colsum_cols(const floating *g, const floating *y, flo
     cdef Py_ssize_t r
     memset(gb + c0, 0, (c1 - c0) * sizeof(floating))
     for r in range(n):
-        _act_grad(g + r * m + c0, y + r * m + c0, dz + r * m + c0, c1 - c0, act, alpha)
-        _accumulate(gb + c0, dz + r * m + c0, c1 - c0)
+        act_grad_row(g + r * m + c0, y + r * m + c0, dz + r * m + c0, c1 - c0, act, alpha)
+        accumulate_row(gb + c0, dz + r * m + c0, c1 - c0)
 
 
 cdef void act_grad_colsum_2d(const floating *g, const floating *y, floating *dz, floating *gb,
@@ -167,7 +144,7 @@ cdef inline void _colsum_cols(const floating *v, floating *out, Py_ssize_t n, Py
     cdef Py_ssize_t r
     memset(out + c0, 0, (c1 - c0) * sizeof(floating))
     for r in range(n):
-        _accumulate(out + c0, v + r * m + c0, c1 - c0)
+        accumulate_row(out + c0, v + r * m + c0, c1 - c0)
 
 
 cdef void colsum_2d(const floating *v, floating *out, Py_ssize_t n, Py_ssize_t m, int n_threads) noexcept nogil:

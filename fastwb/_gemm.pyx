@@ -209,29 +209,6 @@ cdef inline void _blas(bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t 
                                 0.0, C, <int>ldc)
 
 
-cdef inline void _bias_act(const floating *z, const floating *b, floating *y, Py_ssize_t n,
-                           int act, double alpha) noexcept nogil:
-    if floating is float:
-        fwb_bias_act_f32(z, b, y, n, act, <float>alpha)
-    else:
-        fwb_bias_act_f64(z, b, y, n, act, alpha)
-
-
-cdef inline void _act_grad(const floating *g, const floating *y, floating *dz, Py_ssize_t n,
-                           int act, double alpha) noexcept nogil:
-    if floating is float:
-        fwb_act_grad_f32(g, y, dz, n, act, <float>alpha)
-    else:
-        fwb_act_grad_f64(g, y, dz, n, act, alpha)
-
-
-cdef inline void _accumulate(floating *acc, const floating *v, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        fwb_accumulate_f32(acc, v, n)
-    else:
-        fwb_accumulate_f64(acc, v, n)
-
-
 cdef void _epilogue(const Epilogue *epi, floating *C, Py_ssize_t ldc, Py_ssize_t r0, Py_ssize_t r1,
                     Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     """The epilogue on the tile [r0, r1) x [c0, c1) of C (all rows for the column sums)."""
@@ -242,13 +219,13 @@ cdef void _epilogue(const Epilogue *epi, floating *C, Py_ssize_t ldc, Py_ssize_t
     if epi.kind == EPI_BIAS_ACT:
         for r in range(r0, r1):
             row = C + r * ldc + c0
-            _bias_act(row, <const floating *>epi.bias + c0 if epi.bias != NULL else NULL, row, w,
+            bias_act_row(row, <const floating *>epi.bias + c0 if epi.bias != NULL else NULL, row, w,
                       epi.act, epi.alpha)
     elif epi.kind == EPI_ACT_GRAD:
         y = <const floating *>epi.y
         for r in range(r0, r1):
             row = C + r * ldc + c0
-            _act_grad(row, y + r * ldc + c0, row, w, epi.act, epi.alpha)
+            act_grad_row(row, y + r * ldc + c0, row, w, epi.act, epi.alpha)
     elif epi.kind == EPI_ACT_GRAD_COLSUM:
         y = <const floating *>epi.y
         sums = <floating *>epi.sums + c0
@@ -256,8 +233,8 @@ cdef void _epilogue(const Epilogue *epi, floating *C, Py_ssize_t ldc, Py_ssize_t
         for r in range(r0, r1):
             row = C + r * ldc + c0
             if epi.act != FWB_ACT_IDENTITY:
-                _act_grad(row, y + r * ldc + c0, row, w, epi.act, epi.alpha)
-            _accumulate(sums, row, w)
+                act_grad_row(row, y + r * ldc + c0, row, w, epi.act, epi.alpha)
+            accumulate_row(sums, row, w)
 
 
 cdef inline void _tile(bint by_cols, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,

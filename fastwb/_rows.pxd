@@ -1,5 +1,6 @@
 # Declarations of the C row kernels in csrc/fwb_rows.h, shared by the
 # Cython modules.  See that header for what each function computes.
+from cython cimport floating
 
 cdef extern from "fwb_rows.h" nogil:
     enum:
@@ -23,3 +24,28 @@ cdef extern from "fwb_rows.h" nogil:
                             const Py_ssize_t *label, float scale, double *loss)
     void fwb_xent_block_f64(const double *z, double *grad, Py_ssize_t rows, Py_ssize_t n,
                             const Py_ssize_t *label, double scale, double *loss)
+
+
+# fused-type entry points to the row kernels (float32 / float64 by the pointers' type)
+
+cdef inline void bias_act_row(const floating *z, const floating *b, floating *y, Py_ssize_t n,
+                              int act, double alpha) noexcept nogil:
+    if floating is float:
+        fwb_bias_act_f32(z, b, y, n, act, <float>alpha)
+    else:
+        fwb_bias_act_f64(z, b, y, n, act, alpha)
+
+
+cdef inline void act_grad_row(const floating *g, const floating *y, floating *dz, Py_ssize_t n,
+                              int act, double alpha) noexcept nogil:
+    if floating is float:
+        fwb_act_grad_f32(g, y, dz, n, act, <float>alpha)
+    else:
+        fwb_act_grad_f64(g, y, dz, n, act, alpha)
+
+
+cdef inline void accumulate_row(floating *acc, const floating *v, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fwb_accumulate_f32(acc, v, n)
+    else:
+        fwb_accumulate_f64(acc, v, n)
