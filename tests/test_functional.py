@@ -60,6 +60,79 @@ def test_exp_based_activation_dense_sweep(name, dtype):
     close(getattr(fastwb, name)(x), expected, dtype)
 
 
+def _ulp_error(y, ref, dtype):
+    """|y - ref| in units in the last place of dtype at ref (ref in a wider type)."""
+    info = np.finfo(dtype)
+    _, e = np.frexp(ref)
+    e = np.maximum(e, info.minexp + 1)          # below the normal range the spacing stays 2^(minexp - nmant)
+    return np.abs(y.astype(ref.dtype) - ref) / np.ldexp(ref.dtype.type(1), e - info.nmant - 1)
+
+
+def _tanh_points(dtype, stride):
+    """Positive inputs for the tanh error bound: every stride-th float of the type from
+    2^-30 to 12 (every exponent range), a sparser sweep of the subnormal and tiny ones,
+    every float (float32) or a dense comb (float64) around each point where
+    m = round(2|x| log2 e), the reduction in fwb_tanh, steps, and huge values."""
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    info = np.finfo(dtype)
+
+    def span(lo, hi, step=1):
+        b0, b1 = np.array([lo, hi], dtype=dtype).view(bits)
+        return np.arange(b0, b1, step, dtype=bits).view(dtype)
+
+    parts = [span(2.0 ** -30, 12.0, stride), span(info.smallest_subnormal, 2.0 ** -30, stride * 1009),
+             np.array([9.0109, 19.06, 1e3, 1e30, info.max], dtype=dtype)]
+    for m in range(56 if dtype == np.float64 else 27):
+        c = dtype((m + 0.5) * np.log(2.0) / 2)
+        parts.append(span(c * dtype(1 - 1e-5), c * dtype(1 + 1e-5), 1 if dtype == np.float32 else 1 << 29))
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_tanh_ulp_error_bound(dtype):
+    """fwb_tanh's documented error bound (csrc/fwb_math.h), against tanh in a wider type:
+    float32 against float64 np.tanh, float64 against long double np.tanh (x87, 64-bit
+    mantissa).  Also: odd to the bit, the sign of zero, +-inf -> +-1 exactly, NaN,
+    tiny and subnormal x give x exactly, saturation to exactly 1, and the same bits
+    for 1, 2 and 4 threads."""
+    if dtype == np.float32:
+        # plus every float of [0.49, 0.53), where the error peaks (1.954 ulp at 0.5196425)
+        wide, bound = np.float64, 2.0
+        window = np.arange(0x3EFAE148, 0x3F07AE14, dtype=np.uint32).view(np.float32)
+        x = np.concatenate([_tanh_points(np.float32, 251), window])
+    else:
+        if np.finfo(np.longdouble).nmant < 63:
+            pytest.skip("needs an 80-bit long double for the float64 reference")
+        wide, bound = np.longdouble, 2.0
+        rng = np.random.default_rng(7)
+        x = np.concatenate([_tanh_points(np.float64, 1 << 40), rng.uniform(0.45, 0.53, 400_000),
+                            rng.uniform(0.0, 20.0, 200_000)])
+    x = np.concatenate([x, -x])
+    y = fastwb.tanh(x)
+    err = _ulp_error(y, np.tanh(x.astype(wide)), dtype)
+    worst = int(np.argmax(err))
+    assert err[worst] <= bound, f"{err[worst]:.3f} ulp at x = {x[worst]!r}: {y[worst]!r}"
+    assert np.array_equal(fastwb.tanh(-x).view(np.uint8), (-y).view(np.uint8))      # odd, bit for bit
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 30.0, -30.0, 1e300 if dtype == np.float64 else 3e38],
+                       dtype=dtype)
+    got = fastwb.tanh(special)
+    assert np.array_equal(np.signbit(got[:2]), [False, True]) and got[0] == 0 and got[1] == 0
+    assert got[2] == 1 and got[3] == -1 and np.isnan(got[4]) and got[5] == 1 and got[6] == -1 and got[7] == 1
+    info = np.finfo(dtype)
+    tiny = np.concatenate([info.smallest_subnormal * np.arange(1, 100, dtype=dtype),
+                           np.geomspace(info.tiny, 2.0 ** -(info.nmant + 3), 1000, dtype=dtype)])
+    tiny = np.concatenate([tiny, -tiny])
+    np.testing.assert_array_equal(fastwb.tanh(tiny), tiny)
+    big = np.append(np.geomspace(9.02 if dtype == np.float32 else 19.07, info.max / 4, 1000, dtype=dtype), info.max)
+    np.testing.assert_array_equal(fastwb.tanh(big), 1)
+    # elementwise: any thread count gives the same bits (x is large enough to be split)
+    with fastwb.threads(1):
+        one = fastwb.tanh(x)
+    for n in (2, 4):
+        with fastwb.threads(n):
+            assert np.array_equal(fastwb.tanh(x).view(np.uint8), one.view(np.uint8)), n
+
+
 @pytest.mark.parametrize("name", ELEMENTWISE)
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
 def test_activation_layouts(name, layout, dtype, rng):
