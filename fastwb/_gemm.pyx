@@ -288,7 +288,9 @@ cdef void _run_tiles(bint by_cols, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N,
             _tile(by_cols, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, epi,
                   part_start(dim, t, parts), part_start(dim, t + 1, parts))
         return
-    for t in prange(parts, schedule="static", num_threads=nt):
+    # tiles handed out one at a time: a thread that starts late (woken late, or
+    # preempted on a busy machine) leaves its tile to the one already running
+    for t in prange(parts, schedule="dynamic", chunksize=1, num_threads=nt):
         _tile(by_cols, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, epi,
               part_start(dim, t, parts), part_start(dim, t + 1, parts))
 
