@@ -63,12 +63,13 @@ def test_cli_info():
 
 
 def test_passive_wait_is_default_and_does_not_leak():
-    out = _python("import os, fastwb; print(fastwb._runtime.WAIT_POLICY); print(os.environ.get('OMP_WAIT_POLICY'))")
+    out = _python("import os, fastwb; print(fastwb._runtime.WAIT_POLICY); "
+                  "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
     policy, leaked = out.strip().splitlines()
     if not fastwb._runtime.config()["openmp"]:
         pytest.skip("serial build")
-    assert policy == "passive (fastwb default)"
-    assert leaked == "None"
+    assert policy == f"passive after a short spin (GOMP_SPINCOUNT={fastwb._runtime.SPIN_GRACE}; fastwb default)"
+    assert leaked == "None None"
 
 
 def test_user_wait_policy_is_respected():
