@@ -148,11 +148,12 @@ def test_fallback_to_np_matmul_when_no_blas_is_bound():
     np.testing.assert_allclose(plain[1], tiled[1], rtol=1e-4, atol=1e-6)
 
 
-def test_info_names_the_path_and_the_override():
+def test_info_names_the_path_and_the_override(tmp_path):
     info = _blas.info()
     assert info["gemm"].startswith("tiled") and "sgemm" in info["symbol"]
     code = "import fastwb; print(fastwb._runtime.config()['gemm'])"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTWB_BLAS": "numpy"},
+    # run away from the source tree, whose fastwb/ has no compiled modules in an installed copy's CI
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTWB_BLAS": "numpy"}, cwd=tmp_path,
                          capture_output=True, text=True, check=True).stdout
     assert "np.matmul" in out and "FASTWB_BLAS=numpy" in out
 
