@@ -391,8 +391,14 @@ def threads(n):
 # (about 0.5 ns per element).
 GRAIN_MEMORY = 1 << 20      # cheap elementwise work: add, max, multiply, SGD
 GRAIN_COMPUTE = 1 << 17     # exp-based work: sigmoid, tanh, softmax
-GRAIN_UPDATE = 1 << 19      # Adam / RMSprop steps (sqrt and divide): 1M float32
-                            # took 524 us on 1 thread, 358 us on 2
+GRAIN_UPDATE = 1 << 16      # Adam / RMSprop steps (sqrt and divide), bound by the divider:
+                            # inside a training step the team is still awake (the spin of
+                            # SPIN_GRACE), and the 784-256-10 b128 step (203K parameters) ran
+                            # 0.88x the time with Adam on 2 threads (median of 14 alternating
+                            # processes); a lone update, whose team may be asleep, gains
+                            # little (203K: 114 us on 1 thread, 108 on 2), and optimizers
+                            # measure their own choice (ThreadChoice) and keep one thread
+                            # where two lose
 
 
 def plan_threads(work, grain=GRAIN_MEMORY, available=None):
