@@ -323,3 +323,19 @@ def test_batchnorm_dropout_and_bn_model_cases_run():
     names = [c[0] for c in B.cases(True, ("float32",))]
     assert {"BatchNorm1d fwd+bwd 128x256", "BatchNorm1d fwd+bwd 4096x1024", "dropout p0.2 1M",
             "train step 784-256bn-10 b128", "train step 16-32bn-32bn-4 b32"} <= set(names)
+
+
+def test_gemms_yardstick_from_own_processes_replaces_the_in_process_one():
+    report = synthetic()
+    row = B._find(report, "train step 784-256-10 b128")
+    if "gemms" not in row["speedup"]:
+        row["speedup"]["gemms"], row["median_s"]["gemms"] = 0.45, 0.45e-3       # in process: 2.22x
+    in_process = row["speedup"]["gemms"]
+    report["own_processes"]["gemms"] = {"train step 784-256-10 b128": 0.8e-3}
+    report["own_processes"]["gemms_ratio"] = {"train step 784-256-10 b128": 1.25}
+    B.merge_own_processes(report)
+    assert row["gemms_measured"] == "own process" and row["gemms_in_process"]["speedup"] == in_process
+    assert row["speedup"]["gemms"] == pytest.approx(0.8)
+    line = [x for x in B.text_report(report) if "within 1.25x of its own GEMMs" in x][0]
+    assert "each in its own process" in line and line.rstrip().endswith("1.25x")
+    assert B.merge_own_processes(copy.deepcopy(report))["results"] == report["results"]     # idempotent
