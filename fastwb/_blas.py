@@ -33,8 +33,8 @@ def _loaded_libraries():
     """Paths of the shared libraries mapped into this process (Linux), else NumPy's bundled ones."""
     try:
         with open("/proc/self/maps") as f:
-            paths = {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
-        return sorted(p for p in paths if p.startswith("/"))
+            fields = [line.split(None, 5) for line in f]
+        return sorted({f[5].strip() for f in fields if len(f) == 6 and f[5].startswith("/")})
     except OSError:
         pass
     root = os.path.dirname(os.path.dirname(np.__file__))

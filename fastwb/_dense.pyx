@@ -97,17 +97,6 @@ def act_grad_flat(const floating[::1] g,   # IN  (n,) upstream gradient
         act_grad_1d(&g[0], &y[0], &dz[0], n, act, alpha, n_threads)
 
 
-cdef inline void _act_grad_colsum_cols(const floating *g, const floating *y, floating *dz, floating *gb,
-                                       Py_ssize_t n, Py_ssize_t m, Py_ssize_t c0, Py_ssize_t c1,
-                                       int act, double alpha) noexcept nogil:
-    # columns [c0, c1) of act_grad_colsum_2d, rows in order
-    cdef Py_ssize_t r
-    memset(gb + c0, 0, (c1 - c0) * sizeof(floating))
-    for r in range(n):
-        act_grad_row(g + r * m + c0, y + r * m + c0, dz + r * m + c0, c1 - c0, act, alpha)
-        accumulate_row(gb + c0, dz + r * m + c0, c1 - c0)
-
-
 cdef void act_grad_colsum_2d(const floating *g, const floating *y, floating *dz, floating *gb,
                              Py_ssize_t n, Py_ssize_t m, int act, double alpha, int n_threads) noexcept nogil:
     """dz = g * act'(y) and gb = dz.sum(axis=0) in one pass.
@@ -117,13 +106,13 @@ cdef void act_grad_colsum_2d(const floating *g, const floating *y, floating *dz,
     number of threads (the same order as NumPy's sum over axis 0)."""
     cdef Py_ssize_t c0, c1, t
     if n_threads == 1:
-        _act_grad_colsum_cols(g, y, dz, gb, n, m, 0, m, act, alpha)
+        act_grad_colsum_cols(g, y, dz, gb, n, m, 0, m, act, alpha)
         return
     for t in prange(n_threads, schedule="static", num_threads=n_threads):
         c0 = _part(m, t, n_threads)
         c1 = _part(m, t + 1, n_threads)
         if c1 > c0:
-            _act_grad_colsum_cols(g, y, dz, gb, n, m, c0, c1, act, alpha)
+            act_grad_colsum_cols(g, y, dz, gb, n, m, c0, c1, act, alpha)
 
 
 def act_grad_colsum(const floating[:, ::1] g,   # IN  (n, m) upstream gradient

@@ -5,10 +5,11 @@
 # and gradient views, stage outputs, scratch), the transposed views the
 # backward GEMMs need, and the thread count of every kernel, all made once
 # by fastwb/nn/plan.py.  forward / gradients then run the whole sequence from
-# C: GEMMs through NumPy's own C API (PyArray_MatrixProduct2, i.e. np.dot
-# with out=, so NumPy's BLAS and nothing else) and the fused kernels of
-# _dense, _norm and _losses through their pointer-level cores.  Python is
-# entered once per step.  Inputs are validated by fastwb/nn/sequential.py.
+# C: GEMMs through fastwb/_gemm.pyx's tiles over NumPy's own BLAS (or, where
+# that BLAS was not found, through NumPy's C API: PyArray_MatrixProduct2, i.e.
+# np.dot with out=), and the fused kernels of _dense, _norm and _losses
+# through their pointer-level cores.  Python is entered once per step.
+# Inputs are validated by fastwb/nn/sequential.py.
 
 import numpy as np
 
@@ -437,13 +438,16 @@ cdef class Plan:
             raise RuntimeError("a forward-only plan runs in inference mode only")
         cdef int used = _set_limit(self, &self.choose_fwd)
         cdef double t0 = fwb_engine_now()
-        _bind_x(self, X)
-        blas_enter()
+        cdef bint tiled
+        blas_enter()                    # from here the BLAS cannot be unbound: ready() holds for the call
         try:
+            tiled = ready()
+            if not tiled:
+                _bind_x(self, X)
             if self.f64:
-                _plan_forward(self, X, training, step, <double>0)
+                _plan_forward(self, X, training, step, tiled, <double>0)
             else:
-                _plan_forward(self, X, training, step, <float>0)
+                _plan_forward(self, X, training, step, tiled, <float>0)
         finally:
             blas_exit()
             _release_x(self, X)
@@ -462,13 +466,16 @@ cdef class Plan:
         _check_y(self, y)
         cdef int used = _set_limit(self, &self.choose_step)
         cdef double t0 = fwb_engine_now(), loss
-        _bind_x(self, X)
+        cdef bint tiled
         blas_enter()
         try:
+            tiled = ready()
+            if not tiled:
+                _bind_x(self, X)
             if self.f64:
-                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, <double>0)
+                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, tiled, <double>0)
             else:
-                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, <float>0)
+                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, tiled, <float>0)
         finally:
             blas_exit()
             _release_x(self, X)
@@ -583,10 +590,10 @@ cdef int _set_limit(Plan P, _Chooser *c) except -2:
     return used
 
 
-cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step, floating kind):
+cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step, bint tiled, floating kind):
+    """The forward pass; `tiled`: fastwb's tiled GEMMs (else np.dot over the tuples of _bind_x)."""
     cdef _PlanStage s
     cdef Py_ssize_t k, n = P.n, m, size
-    cdef bint tiled = ready()
     cdef Epilogue epi
     cdef const floating *x = <const floating *>_data(X)
     cdef floating *y
@@ -606,7 +613,7 @@ cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step
                 epi.kind = EPI_BIAS_ACT if s.p_bias != NULL or s.code else EPI_NONE
                 epi.act, epi.alpha, epi.bias = s.code, s.alpha, s.p_bias
                 with nogil:
-                    tiled_gemm(False, False, n, m, s.w_in, x, s.w_in, <const floating *>s.p_weight, m, y, m, &epi,
+                    tiled_gemm(False, False, n, m, s.w_in, x, s.w_in, <const floating *>s.p_weight, m, y, &epi,
                                _nt(P, s.nt_fwd))
             else:
                 _gemm(<tuple>s.fwd[1 if p else 0])
@@ -645,7 +652,7 @@ cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step
 
 
 cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned long long step, bint weights,
-                            bint input_gradient, floating kind):
+                            bint input_gradient, bint tiled, floating kind):
     cdef _PlanStage s, prev
     cdef Py_ssize_t k, n = P.n, m = P.w_last, size
     cdef double loss, p
@@ -657,9 +664,9 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
     cdef floating *grad
     cdef double *row_loss = <double *>_data(P.row_loss)
     cdef const void *target = _data(y)
-    cdef bint batch_stats, tiled = ready(), fused = False, fuse
+    cdef bint batch_stats, fused = False, fuse
     cdef Epilogue epi
-    _plan_forward(P, X, training, step, kind)
+    _plan_forward(P, X, training, step, tiled, kind)
     z = <const floating *>(<_PlanStage>P.stages[P.L - 1]).p_out
     grad = <floating *>_data(P.grad_out)
     with nogil:
@@ -701,7 +708,7 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
                 if tiled:
                     with nogil:
                         tiled_gemm(True, False, s.w_in, m, n, x, s.w_in, <const floating *>g, m,
-                                   <floating *>s.p_dweight, m, NULL, _nt(P, s.nt_dw))
+                                   <floating *>s.p_dweight, NULL, _nt(P, s.nt_dw))
                 else:
                     _gemm(<tuple>s.dw[1 if p else 0])
             if k > 0 or input_gradient:     # dx = g @ W.T
@@ -718,7 +725,7 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
                         epi.kind = EPI_ACT_GRAD_COLSUM if weights else (EPI_ACT_GRAD if prev.code else EPI_NONE)
                     with nogil:
                         tiled_gemm(False, True, n, s.w_in, m, <const floating *>g, m,
-                                   <const floating *>s.p_weight, m, gx, s.w_in, &epi, _nt(P, s.nt_dx))
+                                   <const floating *>s.p_weight, m, gx, &epi, _nt(P, s.nt_dx))
                     fused = fuse
                 else:
                     _gemm(<tuple>s.gx[1 if p else 0])

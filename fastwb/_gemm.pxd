@@ -25,4 +25,4 @@ cdef int blas_enter() except -1
 cdef void blas_exit() noexcept
 cdef void tiled_gemm(bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                      const floating *A, Py_ssize_t lda, const floating *B, Py_ssize_t ldb,
-                     floating *C, Py_ssize_t ldc, const Epilogue *epi, int nt) noexcept nogil
+                     floating *C, const Epilogue *epi, int nt) noexcept nogil

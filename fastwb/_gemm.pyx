@@ -29,6 +29,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uintptr_t
 from libc.string cimport memset
 
+from fastwb._dense cimport colsum_2d
 from fastwb._parallel cimport part_start
 from fastwb._rows cimport *
 
@@ -215,26 +216,19 @@ cdef void _epilogue(const Epilogue *epi, floating *C, Py_ssize_t ldc, Py_ssize_t
     cdef Py_ssize_t r, w = c1 - c0
     cdef floating *row
     cdef const floating *y
-    cdef floating *sums
     if epi.kind == EPI_BIAS_ACT:
         for r in range(r0, r1):
             row = C + r * ldc + c0
             bias_act_row(row, <const floating *>epi.bias + c0 if epi.bias != NULL else NULL, row, w,
-                      epi.act, epi.alpha)
+                         epi.act, epi.alpha)
     elif epi.kind == EPI_ACT_GRAD:
         y = <const floating *>epi.y
         for r in range(r0, r1):
             row = C + r * ldc + c0
             act_grad_row(row, y + r * ldc + c0, row, w, epi.act, epi.alpha)
-    elif epi.kind == EPI_ACT_GRAD_COLSUM:
-        y = <const floating *>epi.y
-        sums = <floating *>epi.sums + c0
-        memset(sums, 0, w * sizeof(floating))
-        for r in range(r0, r1):
-            row = C + r * ldc + c0
-            if epi.act != FWB_ACT_IDENTITY:
-                act_grad_row(row, y + r * ldc + c0, row, w, epi.act, epi.alpha)
-            accumulate_row(sums, row, w)
+    elif epi.kind == EPI_ACT_GRAD_COLSUM:      # whole columns: r0 = 0, r1 = M
+        act_grad_colsum_cols(C, <const floating *>epi.y, C, <floating *>epi.sums, r1, ldc, c0, c1,
+                             epi.act, epi.alpha)
 
 
 cdef inline void _tile(bint by_cols, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
@@ -295,25 +289,10 @@ cdef void _run_tiles(bint by_cols, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N,
               part_start(dim, t, parts), part_start(dim, t + 1, parts))
 
 
-cdef void _colsums(const Epilogue *epi, floating *C, Py_ssize_t ldc, Py_ssize_t M, Py_ssize_t N,
-                   int nt) noexcept nogil:
-    """sums = C.sum(axis=0), columns shared out over nt threads, each summed in row order."""
-    cdef Py_ssize_t t, parts = N // 16
-    cdef Epilogue only_sums = epi[0]
-    only_sums.act = FWB_ACT_IDENTITY
-    if parts > nt:
-        parts = nt
-    if parts <= 1:
-        _epilogue(&only_sums, C, ldc, 0, M, 0, N)
-        return
-    for t in prange(parts, schedule="static", num_threads=nt):
-        _epilogue(&only_sums, C, ldc, 0, M, part_start(N, t, parts), part_start(N, t + 1, parts))
-
-
 cdef void tiled_gemm(bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                      const floating *A, Py_ssize_t lda, const floating *B, Py_ssize_t ldb,
-                     floating *C, Py_ssize_t ldc, const Epilogue *epi, int nt) noexcept nogil:
-    """C (M x N, leading dimension ldc) = op(A) @ op(B), then the epilogue, on
+                     floating *C, const Epilogue *epi, int nt) noexcept nogil:
+    """C (M x N, C-contiguous) = op(A) @ op(B), then the epilogue, on
     up to nt threads.  op(A) is A (M x K, lda) or, when ta, A's transpose (A
     stored K x M); likewise op(B), K x N.  Needs ready().
 
@@ -324,7 +303,7 @@ cdef void tiled_gemm(bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     share op(A) (each tile's call packs all of it), row tiles share op(B): the
     cut goes across the larger of M and N, so the smaller operand is the one
     packed again.  Column sums need whole columns: with row tiles they are
-    taken after the last tile (same order, same bits)."""
+    taken after the last tile by _dense's colsum_2d (same order, same bits)."""
     cdef bint by_cols = N >= M
     cdef Py_ssize_t parts = _tile_count(N if by_cols else M)
     cdef Epilogue per_tile
@@ -333,12 +312,12 @@ cdef void tiled_gemm(bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     if nt > parts:
         nt = <int>parts
     if epi == NULL or epi.kind != EPI_ACT_GRAD_COLSUM or by_cols:
-        _run_tiles(by_cols, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, epi, parts, nt)
+        _run_tiles(by_cols, ta, tb, M, N, K, A, lda, B, ldb, C, N, epi, parts, nt)
         return
     per_tile = epi[0]
     per_tile.kind = EPI_ACT_GRAD if epi.act != FWB_ACT_IDENTITY else EPI_NONE
-    _run_tiles(by_cols, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, &per_tile, parts, nt)
-    _colsums(epi, C, ldc, M, N, nt)
+    _run_tiles(by_cols, ta, tb, M, N, K, A, lda, B, ldb, C, N, &per_tile, parts, nt)
+    colsum_2d(<const floating *>C, <floating *>epi.sums, M, N, min(nt, max(1, <int>(N // 16))))
 
 
 # ---------------------------------------------------------------------------
@@ -393,4 +372,4 @@ cdef void _gemm_f(a, b, out, bias, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N,
         bv = bias
         epi.bias = &bv[0]
     with nogil:
-        tiled_gemm(ta, tb, M, N, K, ap, lda, bp, ldb, &c[0, 0], N, epi, nt)
+        tiled_gemm(ta, tb, M, N, K, ap, lda, bp, ldb, &c[0, 0], epi, nt)

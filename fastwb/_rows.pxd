@@ -1,6 +1,7 @@
 # Declarations of the C row kernels in csrc/fwb_rows.h, shared by the
 # Cython modules.  See that header for what each function computes.
 from cython cimport floating
+from libc.string cimport memset
 
 cdef extern from "fwb_rows.h" nogil:
     enum:
@@ -49,3 +50,15 @@ cdef inline void accumulate_row(floating *acc, const floating *v, Py_ssize_t n) 
         fwb_accumulate_f32(acc, v, n)
     else:
         fwb_accumulate_f64(acc, v, n)
+
+
+cdef inline void act_grad_colsum_cols(const floating *g, const floating *y, floating *dz, floating *gb,
+                                      Py_ssize_t n, Py_ssize_t m, Py_ssize_t c0, Py_ssize_t c1,
+                                      int act, double alpha) noexcept nogil:
+    """Columns [c0, c1) of n rows of length m: dz = g * act'(y) (dz may be g) and
+    gb = dz.sum(axis=0), each column summed rows 0, 1, 2, ... in order."""
+    cdef Py_ssize_t r
+    memset(gb + c0, 0, (c1 - c0) * sizeof(floating))
+    for r in range(n):
+        act_grad_row(g + r * m + c0, y + r * m + c0, dz + r * m + c0, c1 - c0, act, alpha)
+        accumulate_row(gb + c0, dz + r * m + c0, c1 - c0)

@@ -224,13 +224,13 @@ class Optimizer:
         choice = self.__dict__.get("_choice")
         if choice is None:
             choice = self._choice = _engine.ThreadChoice()
-        planned = max(plan_threads(p.size, self._grain) for p in self.params) if self.params else 1
-        limit = choice.threads(planned)
-        for p, g, state, mask in zip(self.params, grads, self.state, self.masks):
+        counts = [plan_threads(p.size, self._grain) for p in self.params]
+        limit = choice.threads(max(counts, default=1))
+        for p, g, state, mask, n in zip(self.params, grads, self.state, self.masks, counts):
             if p.size:
                 if p.ndim != 1:
                     p, state = p.reshape(-1), {k: v.reshape(-1) for k, v in state.items()}
-                self._update(p, g, state, mask, min(limit, plan_threads(p.size, self._grain)))
+                self._update(p, g, state, mask, min(limit, n))
         choice.observe(time.perf_counter() - t0)
 
     def _update(self, p, g, state, mask, n_threads):
