@@ -76,6 +76,9 @@ cdef class _PlanStage:
     """One fused stage of a Plan: its arrays (kept alive here), their data
     pointers, its transposed views and its scalars."""
     cdef int kind, code, nt_act, nt_col, nt_drop, nt_bn, nt_fwd, nt_dw, nt_dx, track, nbt_index, cumulative
+    # grads: the stage's parameters are trained (else frozen: no weight gradients);
+    # frozen: a BatchNorm's running statistics are frozen (used in training too, not updated)
+    cdef bint grads, frozen
     cdef double alpha, p, eps, momentum
     cdef unsigned long long seed
     cdef Py_ssize_t w_in, w_out, size
@@ -278,6 +281,7 @@ cdef class Plan:
     thread-safe: one Plan per thread."""
     cdef list stages
     cdef int L, loss_kind, nt_loss, typenum
+    cdef int first_live         # the first stage with trained parameters (L: none)
     cdef bint f64, forward_only
     cdef readonly int limit     # this call's thread count (0: none), from threads_fn at each call
     cdef object threads_fn
@@ -323,6 +327,8 @@ cdef class Plan:
             if not 0.0 <= s.p < 1.0:
                 raise ValueError(f"stage {k}: dropout probability {s.p} is not in [0, 1)")
             s.seed = int(d["seed"])
+            s.grads = bool(d.get("grads", True))
+            s.frozen = bool(d.get("frozen", False))
             for name in ("nt_act", "nt_col", "nt_drop", "nt_bn"):
                 if int(d[name]) < 1:
                     raise ValueError(f"stage {k}: {name} must be >= 1")
@@ -372,6 +378,8 @@ cdef class Plan:
                 s.invstd = _array(d, "invstd", (w_out,), dt, k)
                 s.eps = float(d["eps"])
                 s.track = bool(d["track"])
+                if s.frozen and not s.track:
+                    raise ValueError(f"stage {k}: a BatchNorm without running statistics cannot freeze them")
                 s.nbt_index = int(d["nbt_index"]) if s.track else -1
                 if s.track:
                     s.rmean = _array(d, "running_mean", (w_out,), dt, k)
@@ -392,6 +400,8 @@ cdef class Plan:
             self.stages.append(s)
             w_in = w_out
         self.L = len(self.stages)
+        self.first_live = next((k for k in range(self.L) if (<_PlanStage>self.stages[k]).grads
+                                and (<_PlanStage>self.stages[k]).kind in (_DENSE, _BN)), self.L)
         self.n = n
         self.w_first = (<_PlanStage>self.stages[0]).w_in
         self.typenum = cnp.NPY_DOUBLE if dt == np.float64 else cnp.NPY_FLOAT
@@ -625,9 +635,9 @@ cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step
                 with nogil:
                     dropout_1d(<const floating *>y, out, size, 0, p, s.seed, step, _nt(P, s.nt_drop))
         elif s.kind == _BN:
-            batch_stats = training or not s.track
+            batch_stats = (training and not s.frozen) or not s.track
             factor = 0.0
-            if training and s.track:
+            if training and s.track and not s.frozen:
                 nbt = P.p_nbt + s.nbt_index
                 nbt[0] += 1
                 factor = 1.0 / <double>nbt[0] if s.cumulative else s.momentum
@@ -664,8 +674,10 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
     cdef floating *grad
     cdef double *row_loss = <double *>_data(P.row_loss)
     cdef const void *target = _data(y)
-    cdef bint batch_stats, fused = False, fuse
+    cdef bint batch_stats, fused = False, fuse, train_w
     cdef Epilogue epi
+    # stages before the first trained one need no backward pass, unless the input's gradient is wanted
+    cdef int stop = 0 if input_gradient else P.first_live
     _plan_forward(P, X, training, step, tiled, kind)
     z = <const floating *>(<_PlanStage>P.stages[P.L - 1]).p_out
     grad = <floating *>_data(P.grad_out)
@@ -678,8 +690,9 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
             loss = bce_logits_2d(z, <const floating *>target, <const floating *>NULL, grad, row_loss, n, m,
                                  _nt(P, P.nt_loss))
     g = grad
-    for k in range(P.L - 1, -1, -1):
+    for k in range(P.L - 1, stop - 1, -1):
         s = <_PlanStage>P.stages[k]
+        train_w = weights and s.grads
         p = s.p if training else 0.0
         m = s.w_out
         size = s.size
@@ -696,22 +709,22 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
             # already applied them to each of its tiles (fused)
             if not fused:
                 with nogil:
-                    if weights and s.code:
+                    if train_w and s.code:
                         act_grad_colsum_2d(<const floating *>g, a, g, <floating *>s.p_dbias, n, m, s.code,
                                            s.alpha, _nt(P, s.nt_col))
-                    elif weights:
+                    elif train_w:
                         colsum_2d(<const floating *>g, <floating *>s.p_dbias, n, m, _nt(P, s.nt_col))
                     elif s.code:
                         act_grad_1d(<const floating *>g, a, g, size, s.code, s.alpha, _nt(P, s.nt_act))
             fused = False
-            if weights:     # dW = x.T @ g
+            if train_w:     # dW = x.T @ g
                 if tiled:
                     with nogil:
                         tiled_gemm(True, False, s.w_in, m, n, x, s.w_in, <const floating *>g, m,
                                    <floating *>s.p_dweight, NULL, _nt(P, s.nt_dw))
                 else:
                     _gemm(<tuple>s.dw[1 if p else 0])
-            if k > 0 or input_gradient:     # dx = g @ W.T
+            if k > stop or input_gradient:     # dx = g @ W.T
                 if tiled:
                     # a dense stage before this one without dropout in this pass: its activation
                     # derivative and bias-gradient column sums run on each tile of dx
@@ -722,7 +735,8 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
                     epi.kind = EPI_NONE
                     if fuse:
                         epi.act, epi.alpha, epi.y, epi.sums = prev.code, prev.alpha, prev.p_out, prev.p_dbias
-                        epi.kind = EPI_ACT_GRAD_COLSUM if weights else (EPI_ACT_GRAD if prev.code else EPI_NONE)
+                        epi.kind = EPI_ACT_GRAD_COLSUM if weights and prev.grads else (
+                            EPI_ACT_GRAD if prev.code else EPI_NONE)
                     with nogil:
                         tiled_gemm(False, True, n, s.w_in, m, <const floating *>g, m,
                                    <const floating *>s.p_weight, m, gx, &epi, _nt(P, s.nt_dx))
@@ -730,13 +744,13 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
                 else:
                     _gemm(<tuple>s.gx[1 if p else 0])
         elif s.kind == _BN:
-            batch_stats = training or not s.track
+            batch_stats = (training and not s.frozen) or not s.track
             with nogil:
                 bn_backward_2d(<const floating *>g, x, <floating *>s.p_work, gx, n, m,
                                <const floating *>s.p_mean, <const floating *>s.p_invstd,
                                <const floating *>s.p_gamma, <const floating *>s.p_beta,
-                               <floating *>s.p_dgamma if weights else NULL,
-                               <floating *>s.p_dbeta if weights else NULL,
+                               <floating *>s.p_dgamma if train_w else NULL,
+                               <floating *>s.p_dbeta if train_w else NULL,
                                batch_stats, s.code, s.alpha, p, s.seed, step, _nt(P, s.nt_bn))
         elif s.kind == _ACT:
             with nogil:

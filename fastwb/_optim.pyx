@@ -1,7 +1,8 @@
 # Kernels of the fused optimizer updates and of L1/L2 regularisation.
 # Kernel room: the caller (fastwb/optim.py, fastwb/regularization.py) has
 # checked that every array is contiguous, of one dtype and one length, and
-# computed the step-dependent scalars.  Each update is one pass over memory,
+# computed the step-dependent scalars, and that the ranges `seg` lie inside
+# the arrays, in order, without overlap.  Each update is one pass over memory,
 # split into n_threads contiguous parts; updates are elementwise, so results
 # do not depend on the split.  Optional arrays (state that an option does not
 # use, the pruning mask) are passed as None.
@@ -56,14 +57,39 @@ cdef inline const unsigned char *_mask_at(const unsigned char *a, Py_ssize_t i) 
     return a + i if a != NULL else NULL
 
 
+cdef inline Py_ssize_t _piece(const Py_ssize_t[:, ::1] seg, Py_ssize_t j, Py_ssize_t before, Py_ssize_t lo,
+                              Py_ssize_t hi, Py_ssize_t *at) noexcept nogil:
+    """The part of a thread's share [lo, hi) of the concatenated ranges that falls in
+    range j (which starts at `before` in the concatenation): its length, and its
+    first element in the array through `at`."""
+    cdef Py_ssize_t a = lo if lo > before else before
+    cdef Py_ssize_t b = before + seg[j, 1] - seg[j, 0]
+    if hi < b:
+        b = hi
+    at[0] = seg[j, 0] + a - before
+    return b - a
+
+
+cdef inline Py_ssize_t _total(const Py_ssize_t[:, ::1] seg) noexcept nogil:
+    cdef Py_ssize_t j, n = 0
+    for j in range(seg.shape[0]):
+        n += seg[j, 1] - seg[j, 0]
+    return n
+
+
+# Each update runs over the ranges [seg[j, 0], seg[j, 1]) of its arrays (frozen
+# parameters lie outside them): their concatenation is split into n_threads
+# contiguous parts, and a thread updates the pieces of the ranges in its part.
+
 def sgd(floating[::1] p,              # IN/OUT parameters
         const floating[::1] g,        # IN     gradients
         floating[::1] buf,            # IN/OUT momentum buffer, or None
         const unsigned char[::1] mask,  # IN   keep-mask, or None
+        const Py_ssize_t[:, ::1] seg,   # IN   (k, 2) disjoint ranges to update, in order
         double lr, double momentum, double dampening, double weight_decay, double l1,
         bint nesterov, bint first, int n_threads):
     """torch.optim.SGD's update, in place (see csrc/fwb_optim_impl.h)."""
-    cdef Py_ssize_t n = p.shape[0], lo, hi, t
+    cdef Py_ssize_t n = _total(seg), lo, hi, t, j, before, at, size
     cdef floating *pp = &p[0]
     cdef floating *bp = _ptr(buf)
     cdef const floating *gp = &g[0]
@@ -73,19 +99,23 @@ def sgd(floating[::1] p,              # IN/OUT parameters
         for t in prange(n_threads, schedule="static", num_threads=n_threads):
             lo = part_start(n, t, n_threads)
             hi = part_start(n, t + 1, n_threads)
-            if hi > lo:
-                if floating is float:
-                    fwb_sgd_f32(pp + lo, gp + lo, _at(bp, lo), _mask_at(mp, lo), hi - lo, <float>lr,
-                                <float>momentum, <float>keep_g, <float>weight_decay, <float>l1, nesterov, first)
-                else:
-                    fwb_sgd_f64(pp + lo, gp + lo, _at(bp, lo), _mask_at(mp, lo), hi - lo, lr,
-                                momentum, keep_g, weight_decay, l1, nesterov, first)
+            before = 0
+            for j in range(seg.shape[0]):
+                size = _piece(seg, j, before, lo, hi, &at)
+                before = before + seg[j, 1] - seg[j, 0]
+                if size > 0:
+                    if floating is float:
+                        fwb_sgd_f32(pp + at, gp + at, _at(bp, at), _mask_at(mp, at), size, <float>lr,
+                                    <float>momentum, <float>keep_g, <float>weight_decay, <float>l1, nesterov, first)
+                    else:
+                        fwb_sgd_f64(pp + at, gp + at, _at(bp, at), _mask_at(mp, at), size, lr,
+                                    momentum, keep_g, weight_decay, l1, nesterov, first)
 
 
 def momentum(floating[::1] p, const floating[::1] g, floating[::1] v, const unsigned char[::1] mask,
-             double lr, double mu, double weight_decay, double l1, int n_threads):
+             const Py_ssize_t[:, ::1] seg, double lr, double mu, double weight_decay, double l1, int n_threads):
     """The slides' momentum update v = mu v - lr d; p += v, in place."""
-    cdef Py_ssize_t n = p.shape[0], lo, hi, t
+    cdef Py_ssize_t n = _total(seg), lo, hi, t, j, before, at, size
     cdef floating *pp = &p[0]
     cdef floating *vp = &v[0]
     cdef const floating *gp = &g[0]
@@ -94,20 +124,24 @@ def momentum(floating[::1] p, const floating[::1] g, floating[::1] v, const unsi
         for t in prange(n_threads, schedule="static", num_threads=n_threads):
             lo = part_start(n, t, n_threads)
             hi = part_start(n, t + 1, n_threads)
-            if hi > lo:
-                if floating is float:
-                    fwb_momentum_f32(pp + lo, gp + lo, vp + lo, _mask_at(mp, lo), hi - lo, <float>lr,
-                                     <float>mu, <float>weight_decay, <float>l1)
-                else:
-                    fwb_momentum_f64(pp + lo, gp + lo, vp + lo, _mask_at(mp, lo), hi - lo, lr,
-                                     mu, weight_decay, l1)
+            before = 0
+            for j in range(seg.shape[0]):
+                size = _piece(seg, j, before, lo, hi, &at)
+                before = before + seg[j, 1] - seg[j, 0]
+                if size > 0:
+                    if floating is float:
+                        fwb_momentum_f32(pp + at, gp + at, vp + at, _mask_at(mp, at), size, <float>lr,
+                                         <float>mu, <float>weight_decay, <float>l1)
+                    else:
+                        fwb_momentum_f64(pp + at, gp + at, vp + at, _mask_at(mp, at), size, lr,
+                                         mu, weight_decay, l1)
 
 
 def adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v, floating[::1] vmax,
-         const unsigned char[::1] mask, double beta1, double beta2, double eps, double weight_decay,
-         double l1, double decay_factor, double step_size, double bc2_sqrt, int n_threads):
+         const unsigned char[::1] mask, const Py_ssize_t[:, ::1] seg, double beta1, double beta2, double eps,
+         double weight_decay, double l1, double decay_factor, double step_size, double bc2_sqrt, int n_threads):
     """torch.optim.Adam / AdamW's update, in place (vmax: None without amsgrad)."""
-    cdef Py_ssize_t n = p.shape[0], lo, hi, t
+    cdef Py_ssize_t n = _total(seg), lo, hi, t, j, before, at, size
     cdef floating *pp = &p[0]
     cdef floating *mp_ = &m[0]
     cdef floating *vp = &v[0]
@@ -119,22 +153,26 @@ def adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] 
         for t in prange(n_threads, schedule="static", num_threads=n_threads):
             lo = part_start(n, t, n_threads)
             hi = part_start(n, t + 1, n_threads)
-            if hi > lo:
-                if floating is float:
-                    fwb_adam_f32(pp + lo, gp + lo, mp_ + lo, vp + lo, _at(xp, lo), _mask_at(kp, lo), hi - lo,
-                                 <float>w1, <float>beta2, <float>w2, <float>eps, <float>weight_decay, <float>l1,
-                                 <float>decay_factor, <float>step_size, <float>bc2_sqrt)
-                else:
-                    fwb_adam_f64(pp + lo, gp + lo, mp_ + lo, vp + lo, _at(xp, lo), _mask_at(kp, lo), hi - lo,
-                                 w1, beta2, w2, eps, weight_decay, l1, decay_factor, step_size, bc2_sqrt)
+            before = 0
+            for j in range(seg.shape[0]):
+                size = _piece(seg, j, before, lo, hi, &at)
+                before = before + seg[j, 1] - seg[j, 0]
+                if size > 0:
+                    if floating is float:
+                        fwb_adam_f32(pp + at, gp + at, mp_ + at, vp + at, _at(xp, at), _mask_at(kp, at), size,
+                                     <float>w1, <float>beta2, <float>w2, <float>eps, <float>weight_decay,
+                                     <float>l1, <float>decay_factor, <float>step_size, <float>bc2_sqrt)
+                    else:
+                        fwb_adam_f64(pp + at, gp + at, mp_ + at, vp + at, _at(xp, at), _mask_at(kp, at), size,
+                                     w1, beta2, w2, eps, weight_decay, l1, decay_factor, step_size, bc2_sqrt)
 
 
 def rmsprop(floating[::1] p, const floating[::1] g, floating[::1] v, floating[::1] grad_avg,
-            floating[::1] buf, const unsigned char[::1] mask, double lr, double alpha, double eps,
-            double weight_decay, double l1, double momentum, int n_threads):
+            floating[::1] buf, const unsigned char[::1] mask, const Py_ssize_t[:, ::1] seg, double lr,
+            double alpha, double eps, double weight_decay, double l1, double momentum, int n_threads):
     """torch.optim.RMSprop's update, in place (grad_avg: None unless centered;
     buf: None unless momentum > 0)."""
-    cdef Py_ssize_t n = p.shape[0], lo, hi, t
+    cdef Py_ssize_t n = _total(seg), lo, hi, t, j, before, at, size
     cdef floating *pp = &p[0]
     cdef floating *vp = &v[0]
     cdef floating *ap = _ptr(grad_avg)
@@ -146,14 +184,18 @@ def rmsprop(floating[::1] p, const floating[::1] g, floating[::1] v, floating[::
         for t in prange(n_threads, schedule="static", num_threads=n_threads):
             lo = part_start(n, t, n_threads)
             hi = part_start(n, t + 1, n_threads)
-            if hi > lo:
-                if floating is float:
-                    fwb_rmsprop_f32(pp + lo, gp + lo, vp + lo, _at(ap, lo), _at(bp, lo), _mask_at(kp, lo),
-                                    hi - lo, <float>lr, <float>alpha, <float>w, <float>eps, <float>weight_decay,
-                                    <float>l1, <float>momentum)
-                else:
-                    fwb_rmsprop_f64(pp + lo, gp + lo, vp + lo, _at(ap, lo), _at(bp, lo), _mask_at(kp, lo),
-                                    hi - lo, lr, alpha, w, eps, weight_decay, l1, momentum)
+            before = 0
+            for j in range(seg.shape[0]):
+                size = _piece(seg, j, before, lo, hi, &at)
+                before = before + seg[j, 1] - seg[j, 0]
+                if size > 0:
+                    if floating is float:
+                        fwb_rmsprop_f32(pp + at, gp + at, vp + at, _at(ap, at), _at(bp, at), _mask_at(kp, at),
+                                        size, <float>lr, <float>alpha, <float>w, <float>eps, <float>weight_decay,
+                                        <float>l1, <float>momentum)
+                    else:
+                        fwb_rmsprop_f64(pp + at, gp + at, vp + at, _at(ap, at), _at(bp, at), _mask_at(kp, at),
+                                        size, lr, alpha, w, eps, weight_decay, l1, momentum)
 
 
 cdef enum:

@@ -48,7 +48,7 @@ import numpy as np
 __all__ = ["interleaved", "median_ratio", "copy_bandwidth", "stream_bandwidth", "gemm_rate", "torch_train_step",
            "step_gemms", "optimizer_contenders", "run", "merge_own_processes", "text_report", "markdown",
            "write_files", "BusyProcesses", "contention", "CpuCgroup", "budget_case", "onnx_mlp", "inference",
-           "run_sections", "sections_text", "main"]
+           "fused_models", "fused_inference", "fused_inference_lines", "run_sections", "sections_text", "main"]
 
 
 # ---------------------------------------------------------------------------
@@ -2135,29 +2135,22 @@ def mlp_weights(model):
 
 def onnx_mlp(weights):
     """The ONNX graph (serialized bytes) of an MLP with ReLU hidden layers:
-    MatMul -> Add (-> Relu) per layer, weights ``[(W (in, out), b)]`` as
-    initializers, input "x" of shape (batch, in), output "logits"."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    MatMul -> Add (-> Relu) per layer, weights ``[(W (in, out), b)]`` as float32
+    initializers, input "x" of shape (batch, in), output "logits".  Built by
+    :func:`fastwb.nn.deploy.onnx_bytes` from a float32 Sequential holding these
+    weights, so the benchmark times the graph ``fastwb export`` writes."""
+    from fastwb import nn
+    from fastwb.nn import deploy
 
-    nodes, inits, cur = [], [], "x"
-    for i, (W, b) in enumerate(weights):
-        inits += [numpy_helper.from_array(np.asarray(W, np.float32), f"W{i}"),
-                  numpy_helper.from_array(np.asarray(b, np.float32), f"b{i}")]
-        last = i == len(weights) - 1
-        z = "logits" if last else f"z{i}"
-        nodes += [helper.make_node("MatMul", [cur, f"W{i}"], [f"xw{i}"]),
-                  helper.make_node("Add", [f"xw{i}", f"b{i}"], [z])]
-        if not last:
-            nodes.append(helper.make_node("Relu", [z], [f"h{i}"]))
-            cur = f"h{i}"
-    graph = helper.make_graph(
-        nodes, "fastwb_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", weights[0][0].shape[0]])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", weights[-1][0].shape[1]])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8                  # opset 17's; read by every ONNX Runtime since 1.12
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    layers = []
+    for i, (W, _) in enumerate(weights):
+        layers.append(nn.Linear(*np.shape(W), init="zeros"))
+        if i < len(weights) - 1:
+            layers.append(nn.ReLU())
+    model = nn.Sequential(*layers, dtype="float32", rng=0).eval()
+    model.load_state_dict({f"{2 * i}.{name}": np.asarray(a, np.float32) for i, (W, b) in enumerate(weights)
+                           for name, a in (("weight", W), ("bias", b))})
+    return deploy.onnx_bytes(model)
 
 
 _INFER_CHILD = r"""
@@ -2347,6 +2340,85 @@ def inference_lines(report):
     rows = inference_targets(report)
     if rows:
         lines += ["", "  targets:"] + [f"    {'ok  ' if ok else 'MISS'} {desc}: {v}" for desc, v, ok in rows]
+    return lines
+
+
+# -- inference of a BatchNorm model folded by fuse() ------------------------------------------
+
+FUSED_SIZES = [784, 256, 256, 10]   # hidden layers: Linear -> BatchNorm1d -> ReLU (no BatchNorm: Linear -> ReLU)
+FUSED_LIMIT = 1.05                  # fused model / the same network without BatchNorm, at most
+
+
+def fused_models(dtype=np.float32, sizes=FUSED_SIZES):
+    """The three eval-mode models of :func:`fused_inference`: ``"fused"``,
+    :func:`fastwb.nn.deploy.fuse` of ``"batchnorm"`` (:func:`bn_model` without
+    dropout, with running statistics and BatchNorm parameters that are not
+    the identity), and ``"plain"``, the same Linear layers without BatchNorm
+    (Linear -> ReLU)."""
+    from fastwb import nn
+
+    bn = bn_model(dtype, sizes, p=0).eval()
+    rng = np.random.default_rng(1)
+    for layer, params, buffers in zip(bn.layers, bn._params, bn._buffers):
+        if isinstance(layer, nn.BatchNorm1d):
+            n = layer.num_features
+            buffers["running_mean"][...] = rng.normal(0, 0.1, n)
+            buffers["running_var"][...] = rng.uniform(0.5, 2.0, n)
+            params["weight"][...] = rng.uniform(0.5, 1.5, n)
+            params["bias"][...] = rng.normal(0, 0.1, n)
+    layers = []
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    plain = nn.Sequential(*layers, dtype=dtype, rng=0).eval()
+    for W, W_bn, b, b_bn in zip(plain.W, bn.W, plain.b, bn.b):
+        W[...], b[...] = W_bn, b_bn
+    return {"fused": bn.fuse(), "plain": plain, "batchnorm": bn}
+
+
+def fused_inference(batches=INFERENCE_BATCHES, repeats=41, target_s=2e-3, threads=None, dtype=np.float32):
+    """``logits`` of the :func:`fused_models` at each batch size, timed
+    interleaved in rotating order in this process (``threads``: fastwb's
+    default).  Returns ``{"sizes", "dtype", "threads", "repeats", "seconds":
+    {model: {batch: median s}}, "ratio": {"fused / plain": {batch: paired
+    median}, "batchnorm / plain": ...}, "max_abs_diff": largest |fused -
+    batchnorm| logits on the largest batch, "load", "cpu"}``."""
+    import fastwb
+
+    threads = threads or fastwb.get_num_threads()
+    models = fused_models(dtype)
+    X = np.random.default_rng(0).standard_normal((max(batches), FUSED_SIZES[0])).astype(dtype)
+    seconds, ratio = {name: {} for name in models}, {"fused / plain": {}, "batchnorm / plain": {}}
+    with fastwb.threads(threads):
+        for b in batches:
+            x = np.ascontiguousarray(X[:b])
+            t = interleaved({name: (lambda m=m: m.logits(x)) for name, m in models.items()}, repeats, target_s)
+            for name in models:
+                seconds[name][b] = float(np.median(t[name]))
+            ratio["fused / plain"][b] = median_ratio(t, "fused", "plain")
+            ratio["batchnorm / plain"][b] = median_ratio(t, "batchnorm", "plain")
+    diff = float(np.max(np.abs(models["fused"].logits(X) - models["batchnorm"].logits(X))))
+    return {"sizes": FUSED_SIZES, "dtype": np.dtype(dtype).name, "threads": threads, "repeats": repeats,
+            "batches": list(batches), "seconds": seconds, "ratio": ratio, "max_abs_diff": diff,
+            "load": load_average(), "cpu": cpu_name()}
+
+
+def fused_inference_lines(report):
+    """:func:`fused_inference` as text lines, with the target."""
+    bs = report["batches"]
+    lines = [f"inference {'-'.join(map(str, report['sizes']))} {report['dtype']}, eval mode ({report['cpu']}, "
+             f"{report['threads']} threads, {report['repeats']} interleaved repetitions, load average "
+             f"{_load_fmt(report.get('load'))}): fused = BatchNorm folded by fuse(), plain = no BatchNorm, "
+             "batchnorm = unfused"]
+    rows = [["model"] + [f"b{b}" for b in bs]]
+    rows += [[name] + [_fmt_time(secs[b]) for b in bs] for name, secs in report["seconds"].items()]
+    rows += [[name] + [f"{r[b]:.3f}x" for b in bs] for name, r in report["ratio"].items()]
+    lines += _text_table(rows, 20, 12)
+    lines.append(f"  max |fused - batchnorm| logits: {report['max_abs_diff']:.1e}")
+    for b in bs:
+        r = report["ratio"]["fused / plain"][b]
+        lines.append(f"  {'ok  ' if r <= FUSED_LIMIT else 'MISS'} b{b}: fused within {FUSED_LIMIT}x of plain: "
+                     f"{r:.3f}x")
     return lines
 
 

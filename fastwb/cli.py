@@ -1,13 +1,16 @@
 """The ``fastwb`` command line.
 
     fastwb info                  the build, OpenMP runtime, threads and BLAS
+    fastwb info MODEL            a saved model: layers, parameters, sparsity, dtype, loss, steps
     fastwb train [options]       train an MLP (embedded digits by default) and report
     fastwb bench [options]       benchmark fastwb against NumPy and PyTorch, side by side
+    fastwb export MODEL --onnx OUT.onnx [--softmax] [--opset N] [--keep-batchnorm]
+                                 write a saved model's eval-mode network as ONNX
     fastwb --version
 
 Every option is checked while the command line is parsed, before any data is
 loaded or any work done: a bad value is one line on stderr and exit status 2.
-Output paths (``--save``, ``--plot``, ``--json``, ``--markdown``) are checked
+Output paths (``--save``, ``--plot``, ``--json``, ``--markdown``, ``--onnx``) are checked
 up front too, so a typo never costs a finished run, and what ``train`` writes
 is written atomically (:func:`fastwb._io.atomic_open`).
 """
@@ -123,6 +126,30 @@ def figure_path(text):
     return path
 
 
+def onnx_path(text):
+    """An :func:`output_path` for an ONNX file, with the onnx package installed."""
+    path = output_path(text)
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        from fastwb.nn.deploy import ONNX_MISSING
+
+        raise argparse.ArgumentTypeError(ONNX_MISSING) from None
+    return path
+
+
+def opset_version(text):
+    """An ONNX opset version, an integer >= 17 (the newest the installed onnx
+    knows is checked when the model is exported)."""
+    from fastwb.nn.deploy import MIN_OPSET
+
+    value = _number(text, int, f"an integer >= {MIN_OPSET}")
+    if value < MIN_OPSET:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {MIN_OPSET} (fastwb writes ONNX opset "
+                                         f"{MIN_OPSET} or newer), got {text!r}")
+    return value
+
+
 def _write_figure(figure, path, dpi):
     """Render ``figure`` in memory, then replace ``path`` atomically (format from
     the extension, PNG when there is none)."""
@@ -143,9 +170,74 @@ class _Parser(argparse.ArgumentParser):
 
 # -- the commands ---------------------------------------------------------------
 
+def _fail(command, message, status=2):
+    """One line on stderr, ``fastwb COMMAND: message``; returns the exit status."""
+    print(f"fastwb {command}: {' '.join(str(message).split())}", file=sys.stderr)
+    return status
+
+
+def _load_model(command, path):
+    """``(model, None)`` from the checkpoint at ``path`` (:func:`fastwb.nn.load`), or
+    ``(None, exit status)`` after one line on stderr for a missing or bad file."""
+    from fastwb import nn
+
+    try:
+        return nn.load(path), None
+    except OSError as e:
+        return None, _fail(command, f"cannot load {path}: {e.strerror or e}")
+    except ValueError as e:             # a damaged or foreign file: the message usually names it first
+        return None, _fail(command, f"cannot load {e}" if str(e).startswith(f"{path}:") else f"cannot load {path}: {e}")
+
+
+def model_summary(model):
+    """What ``fastwb info MODEL`` reports, JSON-serialisable: class, dtype, widths,
+    loss, step count, epochs done, the total parameter count, the overall Linear
+    sparsity, and per layer its index, type, repr, configuration, parameter
+    count and (Linear layers; None for the others) sparsity."""
+    from fastwb.nn import Linear
+
+    linear_sparsity = iter(model.layer_sparsity())
+    layers = []
+    for i, layer in enumerate(model.layers):
+        layers.append({"index": i, "type": type(layer).__name__, "repr": repr(layer), "config": layer.config(),
+                       "parameters": sum(math.prod(s) for s in layer.param_shapes().values()),
+                       "sparsity": next(linear_sparsity) if isinstance(layer, Linear) else None})
+    return {"class": type(model).__name__, "dtype": model.dtype.name, "in_features": model.in_features,
+            "out_features": model.out_features, "loss": model.loss.name, "step_count": model.step_count,
+            "epochs_done": model.epochs_done, "parameters": model.n_params, "sparsity": model.sparsity(),
+            "layers": layers}
+
+
+def summary_lines(summary, name):
+    """:func:`model_summary` as text lines."""
+    s = summary
+    lines = [f"{name}: {s['class']}, {s['dtype']}, {s['in_features']} -> {s['out_features']} features, loss "
+             f"{s['loss']}, {s['step_count']} steps, {s['epochs_done']} epochs done"]
+    rows = [("#", "layer", "parameters", "sparsity")]
+    rows += [(str(la["index"]), la["repr"], f"{la['parameters']:,}",
+              "" if la["sparsity"] is None else f"{la['sparsity']:.4f}") for la in s["layers"]]
+    rows.append(("total", "", f"{s['parameters']:,}", f"{s['sparsity']:.4f}"))
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    for r in rows:
+        lines.append(f"  {r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}".rstrip())
+    lines.append("  (sparsity: the fraction of exactly-zero Linear weights; total: over all Linear weights)")
+    return lines
+
+
 def _cmd_info(args):
     import fastwb
 
+    if args.model is not None:
+        model, status = _load_model("info", args.model)
+        if model is None:
+            return status
+        summary = model_summary(model)
+        if args.json:
+            json.dump({"model": args.model, **summary}, sys.stdout, indent=2)
+            print()
+        else:
+            print("\n".join(summary_lines(summary, args.model)))
+        return 0
     if args.json:
         json.dump(fastwb._runtime.config(), sys.stdout, indent=2)
         print()
@@ -255,12 +347,37 @@ def _cmd_bench(args):
     return benchmark.main(args)
 
 
+def _cmd_export(args):
+    model, status = _load_model("export", args.model)
+    if model is None:
+        return status
+    try:
+        model.export_onnx(args.onnx, opset=args.opset, softmax=args.softmax, fold_batchnorm=not args.keep_batchnorm)
+    except ImportError as e:
+        return _fail("export", e)
+    except ValueError as e:             # an opset newer than onnx knows, a BatchNorm without running statistics
+        return _fail("export", f"cannot export {args.model}: {e}")
+    except OSError as e:
+        return _fail("export", f"cannot write {args.onnx}: {e}", 1)
+    outputs = "logits" + (" and probabilities" if args.softmax else "")
+    print(f"wrote {args.onnx}: ONNX opset {args.opset}, {model.dtype.name}, input x (batch, {model.in_features}), "
+          f"{outputs} (batch, {model.out_features}), BatchNorm "
+          + ("kept" if args.keep_batchnorm else "folded into the Linear layers"))
+    return 0
+
+
 def build_parser():
+    from fastwb.nn.deploy import MIN_OPSET
+
     parser = _Parser(prog="fastwb", description="fastwb: fast CPU kernels for weights and biases")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    info = sub.add_parser("info", help="print the build, OpenMP runtime, thread count and BLAS")
-    info.add_argument("--json", action="store_true", help="print the configuration as JSON")
+    info = sub.add_parser("info", help="print the build, OpenMP runtime, thread count and BLAS, or describe a "
+                                       "saved model")
+    info.add_argument("model", nargs="?", metavar="MODEL",
+                      help="a model saved by fastwb (Sequential.save, fastwb train --save): print its layers, "
+                           "parameter counts, Linear sparsity, dtype, loss, steps and epochs instead")
+    info.add_argument("--json", action="store_true", help="print the configuration (or the model's summary) as JSON")
     info.set_defaults(func=_cmd_info)
 
     train = sub.add_parser("train", help="train an MLP classifier and report accuracy, statistics and speed",
@@ -317,6 +434,19 @@ def build_parser():
                           help="784-256-10 float32 inference at batch 1, 32, 1024 against PyTorch and ONNX Runtime, "
                                "each in its own process")
     bench.set_defaults(func=_cmd_bench)
+
+    export = sub.add_parser("export", help="write a saved model as ONNX (eval mode, BatchNorm folded)",
+                            description="Write the eval-mode network of a saved model as an ONNX model with a "
+                                        "dynamic batch dimension (input x, output logits). Needs the onnx package.")
+    export.add_argument("model", metavar="MODEL", help="a model saved by fastwb (Sequential.save, fastwb train --save)")
+    export.add_argument("--onnx", type=onnx_path, required=True, metavar="PATH", help="the ONNX file to write")
+    export.add_argument("--softmax", action="store_true",
+                        help="add a second output, probabilities = Softmax(logits) over the last axis")
+    export.add_argument("--opset", type=opset_version, default=MIN_OPSET, metavar="N",
+                        help=f"ONNX opset version, >= {MIN_OPSET} (default {MIN_OPSET})")
+    export.add_argument("--keep-batchnorm", action="store_true",
+                        help="BatchNormalization nodes instead of folding each BatchNorm1d into the Linear before it")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

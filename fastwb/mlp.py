@@ -110,6 +110,13 @@ class MLP(_sequential.Sequential):
         training call (which, like this one, must not run concurrently)."""
         return super().gradients(X, y), self.dW, self.db
 
+    def replace(self, index, layer, rng=None):
+        """An MLP's layers follow from its ``layer_sizes``: build a
+        :class:`fastwb.nn.Sequential` of its layers to replace one (TypeError)."""
+        raise TypeError("an MLP's layers follow from its layer_sizes and cannot be replaced; for a new head, "
+                        "make a Sequential of the same layers: m = nn.Sequential(*copy.deepcopy(mlp.layers)); "
+                        "m.load_state_dict(mlp.state_dict()); m[-1] = nn.Linear(...)")
+
     # -- the preset in checkpoints ----------------------------------------------------------
     def spec(self):
         spec = super().spec()

@@ -29,7 +29,7 @@ from fastwb import _engine, _optim
 from fastwb._runtime import GRAIN_MEMORY, GRAIN_UPDATE, plan_threads
 from fastwb._validate import FLOAT_DTYPES, check_int, check_real, disjoint_outputs, same_view, unaliased
 
-__all__ = ["Optimizer", "SGD", "Momentum", "Adam", "AdamW", "RMSprop", "BY_NAME", "by_name"]
+__all__ = ["Optimizer", "Units", "GROUP_KEYS", "SGD", "Momentum", "Adam", "AdamW", "RMSprop", "BY_NAME", "by_name"]
 
 
 def _check_params(params):
@@ -101,6 +101,9 @@ class Optimizer:
         self.step_count = 0
         self.state = [{name: np.zeros_like(p) for name in self._active_state()} for p in self.params]
         self.masks = [None] * len(self.params)
+        self.groups = []                        # hyperparameter overrides of groups 1, 2, ... (0: self.hyper)
+        self.units = [None] * len(self.params)  # per array: None (one unit) or its Units
+        self._whole = {}                        # size -> the range [0, size)
         if masks is not None:
             self.set_masks(masks)
 
@@ -125,6 +128,71 @@ class Optimizer:
                     f"{old.dtype}{old.shape}; use one optimizer per layer"
                 )
         self.params = params
+
+    # -- groups and units ----------------------------------------------------
+    def set_groups(self, groups):
+        """Hyperparameter groups: ``groups[k]`` is a dict overriding some of
+        ``GROUP_KEYS`` (``lr``, ``weight_decay``, ``l1``) for the units of group
+        ``k + 1`` (see :meth:`set_units`); group 0 is :attr:`hyper` itself.  A
+        group's values are absolute (``LearningRateScheduler`` scales them with
+        the base learning rate).  Validated as the constructor validates."""
+        checked = self._checked_groups(groups, self.hyper)
+        for i, u in enumerate(self.units):
+            if u is not None and u.group.size and u.group.max() > len(checked):
+                raise ValueError(f"params[{i}] has units in group {u.group.max()}, but there are only "
+                                 f"{len(checked)} groups besides group 0")
+        self.groups = checked
+
+    def _checked_groups(self, groups, hyper):
+        if not isinstance(groups, (list, tuple)):
+            raise TypeError(f"groups must be a list of dicts, got {type(groups).__name__}")
+        checked = []
+        for k, g in enumerate(groups):
+            if not isinstance(g, Mapping):
+                raise TypeError(f"group {k + 1} must be a dict of hyperparameters, got {type(g).__name__}")
+            bad = sorted(set(g) - set(GROUP_KEYS), key=str)
+            if bad:
+                raise ValueError(f"group {k + 1} sets {', '.join(map(str, bad))}; a group may set only "
+                                 f"{', '.join(GROUP_KEYS)}")
+            merged = self._check_hyper(dict(hyper, **g))
+            checked.append({key: merged[key] for key in g})
+        return checked
+
+    def set_units(self, i, sizes, group=None, frozen=None, steps=None):
+        """Split ``params[i]`` into consecutive units of ``sizes`` elements (a
+        model's named parameters), each with its hyperparameter ``group`` (an
+        index, 0 = :attr:`hyper`), ``frozen`` flag and own step count (``steps``;
+        default: :attr:`step_count`).  A frozen unit is not updated and its state
+        does not move; an unfrozen unit counts its own steps, as PyTorch counts
+        each parameter's (Adam's bias correction starts afresh for a parameter
+        trained for the first time).  ``sizes=None`` removes the units."""
+        i = check_int("i", i, 0)
+        if i >= len(self.params):
+            raise ValueError(f"params[{i}] does not exist: the optimizer has {len(self.params)} arrays")
+        if sizes is None:
+            self.units[i] = None
+            return
+        self.units[i] = Units.checked(self.params[i].size, sizes, group, frozen,
+                                      self.step_count if steps is None else steps, len(self.groups))
+
+    def _work(self):
+        """``(array index, ranges, hyperparameters, step, elements)`` of each update of
+        this step; advances the units' step counts."""
+        work = []
+        for i, p in enumerate(self.params):
+            if not p.size:
+                continue
+            u = self.units[i]
+            if u is None:
+                whole = self._whole.get(p.size)
+                if whole is None:
+                    whole = self._whole[p.size] = np.array([[0, p.size]], np.intp)
+                work.append((i, whole, self.hyper, self.step_count, p.size))
+                continue
+            for seg, group, step, size in u.advance():
+                hyper = self.hyper if group == 0 else dict(self.hyper, **self.groups[group - 1])
+                work.append((i, seg, hyper, step, size))
+        return work
 
     # -- masks ---------------------------------------------------------------
     def set_masks(self, masks):
@@ -210,30 +278,39 @@ class Optimizer:
         state.pop("_choice", None)      # measured timings: this process's own, not state
         return state
 
+    def __setstate__(self, state):
+        state.setdefault("groups", [])      # pickles from before groups and units
+        state.setdefault("units", [None] * len(state["params"]))
+        state.setdefault("_whole", {})
+        self.__dict__.update(state)
+
     def step(self, grads):
         """Apply one update to every parameter, in place, from ``grads`` (same order and shapes)."""
         self._apply(self._grads(grads))
 
     def _apply(self, grads):
         """The update itself, for flat contiguous gradients already checked
-        (the MLP engine calls this with its own gradient buffer).  Its thread
-        count is chosen by timing (fastwb._engine.ThreadChoice): the planned
-        count, or one thread while that measures faster (a busy machine)."""
+        (the MLP engine calls this with its own gradient buffer): one pass per
+        array and distinct (group, step) of its units.  Its thread count is
+        chosen by timing (fastwb._engine.ThreadChoice): the planned count, or
+        one thread while that measures faster (a busy machine)."""
         self.step_count += 1
         t0 = time.perf_counter()
         choice = self.__dict__.get("_choice")
         if choice is None:
             choice = self._choice = _engine.ThreadChoice()
-        counts = [plan_threads(p.size, self._grain) for p in self.params]
+        work = self._work()
+        counts = [plan_threads(size, self._grain) for *_, size in work]
         limit = choice.threads(max(counts, default=1))
-        for p, g, state, mask, n in zip(self.params, grads, self.state, self.masks, counts):
-            if p.size:
-                if p.ndim != 1:
-                    p, state = p.reshape(-1), {k: v.reshape(-1) for k, v in state.items()}
-                self._update(p, g, state, mask, min(limit, n))
+        for (i, seg, hyper, step, size), n in zip(work, counts):
+            p, state = self.params[i], self.state[i]
+            if p.ndim != 1:
+                p, state = p.reshape(-1), {k: v.reshape(-1) for k, v in state.items()}
+            self._update(p, grads[i], state, self.masks[i], seg, hyper, step, min(limit, n))
         choice.observe(time.perf_counter() - t0)
 
-    def _update(self, p, g, state, mask, n_threads):
+    def _update(self, p, g, state, mask, seg, h, step, n_threads):
+        """Update the ranges ``seg`` of ``p`` with hyperparameters ``h`` at step ``step``."""
         raise NotImplementedError
 
     # -- state I/O -----------------------------------------------------------
@@ -247,6 +324,8 @@ class Optimizer:
             "state": [{k: v.copy() for k, v in s.items()} for s in self.state],
             "masks": [None if m is None else m.view(np.bool_).reshape(p.shape).copy()
                       for m, p in zip(self.masks, self.params)],
+            "groups": [dict(g) for g in self.groups],
+            "units": [None if u is None else u.as_dict() for u in self.units],
         }
 
     def load_state_dict(self, state_dict):
@@ -290,7 +369,16 @@ class Optimizer:
         if not isinstance(masks, (list, tuple)) or len(masks) != len(self.params):
             raise ValueError(f"masks must be a list of {len(self.params)} entries (a bool array or None each)")
         masks = [self._checked_mask(i, m) for i, m in enumerate(masks)]
+        groups = self._checked_groups(state_dict.get("groups", []), hyper)
+        units = state_dict.get("units")
+        if units is None:
+            units = [None] * len(self.params)
+        if not isinstance(units, (list, tuple)) or len(units) != len(self.params):
+            raise ValueError(f"units must be a list of {len(self.params)} entries (a dict or None each)")
+        units = [None if u is None else Units.from_dict(p.size, u, len(groups), f"units[{i}]")
+                 for i, (p, u) in enumerate(zip(self.params, units))]
         self.hyper, self.step_count, self.state = hyper, step, loaded
+        self.groups, self.units = groups, units
         for i, m in enumerate(masks):
             self._install_mask(i, m)
 
@@ -304,6 +392,80 @@ class Optimizer:
     def __repr__(self):
         hyper = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
         return f"{type(self).__name__}({len(self.params)} arrays, {hyper})"
+
+
+#: the hyperparameters a group may set (:meth:`Optimizer.set_groups`)
+GROUP_KEYS = ("lr", "weight_decay", "l1")
+
+
+class Units:
+    """Consecutive units of one parameter array: each unit's size, group,
+    frozen flag and step count (see :meth:`Optimizer.set_units`)."""
+
+    __slots__ = ("bounds", "group", "frozen", "steps")
+
+    def __init__(self, bounds, group, frozen, steps):
+        self.bounds, self.group, self.frozen, self.steps = bounds, group, frozen, steps
+
+    @classmethod
+    def checked(cls, total, sizes, group, frozen, steps, n_groups, what="units"):
+        """Units from user values, every one checked (ValueError/TypeError naming ``what``)."""
+        sizes = [check_int(f"{what}: size", v, 0) for v in _sequence(sizes, what, "sizes")]
+        k = len(sizes)
+        if sum(sizes) != total:
+            raise ValueError(f"{what}: the sizes add up to {sum(sizes)}, but the array has {total} elements")
+
+        def each(values, default, check, name):
+            values = [default] * k if values is None else list(_sequence(values, what, name))
+            if len(values) != k:
+                raise ValueError(f"{what}: {len(values)} {name} for {k} units")
+            return [check(v) for v in values]
+
+        def group_index(v):
+            v = check_int(f"{what}: group", v, 0)
+            if v > n_groups:
+                raise ValueError(f"{what}: group {v} does not exist (groups 0..{n_groups})")
+            return v
+
+        group = each(group, 0, group_index, "groups")
+        frozen = each(frozen, False, lambda v: _flag(f"{what}: frozen", v), "frozen flags")
+        steps = each(steps, 0, lambda v: check_int(f"{what}: step", v, 0),
+                     "steps") if not isinstance(steps, (int, np.integer)) else [check_int("step", steps, 0)] * k
+        return cls(np.concatenate([[0], np.cumsum(sizes, dtype=np.intp)]).astype(np.intp),
+                   np.array(group, np.intp), np.array(frozen, bool), np.array(steps, np.int64))
+
+    @classmethod
+    def from_dict(cls, total, d, n_groups, what):
+        if not isinstance(d, Mapping) or set(d) != {"sizes", "group", "frozen", "steps"}:
+            raise ValueError(f"{what} must be a dict of sizes, group, frozen and steps")
+        return cls.checked(total, d["sizes"], d["group"], d["frozen"], d["steps"], n_groups, what)
+
+    def as_dict(self):
+        return {"sizes": np.diff(self.bounds).tolist(), "group": self.group.tolist(),
+                "frozen": self.frozen.tolist(), "steps": self.steps.tolist()}
+
+    def advance(self):
+        """Count a step for every unfrozen unit; then ``(ranges, group, step,
+        elements)`` for each distinct (group, step), adjacent units merged."""
+        live = ~self.frozen
+        self.steps[live] += 1
+        runs = {}
+        for j in np.flatnonzero(live):
+            lo, hi = int(self.bounds[j]), int(self.bounds[j + 1])
+            if hi == lo:
+                continue
+            ranges = runs.setdefault((int(self.group[j]), int(self.steps[j])), [])
+            if ranges and ranges[-1][1] == lo:
+                ranges[-1][1] = hi
+            else:
+                ranges.append([lo, hi])
+        return [(np.array(r, np.intp), g, step, sum(b - a for a, b in r)) for (g, step), r in runs.items()]
+
+
+def _sequence(values, what, name):
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
+        raise TypeError(f"{what}: {name} must be a list, got {type(values).__name__}")
+    return values
 
 
 class SGD(Optimizer):
@@ -340,10 +502,9 @@ class SGD(Optimizer):
     def _active_state(self):
         return ("momentum_buffer",) if self.hyper["momentum"] != 0 else ()
 
-    def _update(self, p, g, state, mask, n_threads):
-        h = self.hyper
-        _optim.sgd(p, g, state.get("momentum_buffer"), mask, h["lr"], h["momentum"], h["dampening"],
-                   h["weight_decay"], h["l1"], h["nesterov"], self.step_count == 1, n_threads)
+    def _update(self, p, g, state, mask, seg, h, step, n_threads):
+        _optim.sgd(p, g, state.get("momentum_buffer"), mask, seg, h["lr"], h["momentum"], h["dampening"],
+                   h["weight_decay"], h["l1"], h["nesterov"], step == 1, n_threads)
 
 
 class Momentum(Optimizer):
@@ -366,9 +527,8 @@ class Momentum(Optimizer):
         h = _hyper(h, ("lr", "momentum", "weight_decay", "l1"))
         return {name: _non_negative(name, h[name]) for name in ("lr", "momentum", "weight_decay", "l1")}
 
-    def _update(self, p, g, state, mask, n_threads):
-        h = self.hyper
-        _optim.momentum(p, g, state["velocity"], mask, h["lr"], h["momentum"], h["weight_decay"], h["l1"],
+    def _update(self, p, g, state, mask, seg, h, step, n_threads):
+        _optim.momentum(p, g, state["velocity"], mask, seg, h["lr"], h["momentum"], h["weight_decay"], h["l1"],
                         n_threads)
 
 
@@ -411,15 +571,14 @@ class Adam(Optimizer):
     def _active_state(self):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.hyper["amsgrad"] else ())
 
-    def _update(self, p, g, state, mask, n_threads):
-        h = self.hyper
+    def _update(self, p, g, state, mask, seg, h, step, n_threads):
         beta1, beta2 = h["betas"]
-        t = float(self.step_count)
+        t = float(step)
         step_size = h["lr"] / (1 - beta1 ** t)
         bc2_sqrt = (1 - beta2 ** t) ** 0.5          # as PyTorch: ** 0.5, not math.sqrt
         wd = h["weight_decay"]
         decay_factor = 1 - h["lr"] * wd if self._decoupled else 1.0
-        _optim.adam(p, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), mask,
+        _optim.adam(p, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), mask, seg,
                     beta1, beta2, h["eps"], 0.0 if self._decoupled else wd, h["l1"], decay_factor,
                     step_size, bc2_sqrt, n_threads)
 
@@ -467,10 +626,9 @@ class RMSprop(Optimizer):
         return ("square_avg",) + (("grad_avg",) if h["centered"] else ()) + (
             ("momentum_buffer",) if h["momentum"] > 0 else ())
 
-    def _update(self, p, g, state, mask, n_threads):
-        h = self.hyper
+    def _update(self, p, g, state, mask, seg, h, step, n_threads):
         _optim.rmsprop(p, g, state["square_avg"], state.get("grad_avg"), state.get("momentum_buffer"), mask,
-                       h["lr"], h["alpha"], h["eps"], h["weight_decay"], h["l1"], h["momentum"], n_threads)
+                       seg, h["lr"], h["alpha"], h["eps"], h["weight_decay"], h["l1"], h["momentum"], n_threads)
 
 
 #: the optimizer classes under the names models and the command line use

@@ -174,6 +174,10 @@ BAD = {
         "--plot": _bad_path(figure=True),
         "--markdown": _bad_path(figure=False),
     },
+    "export": {
+        "--onnx": _bad_path(figure=False),
+        "--opset": st.one_of(st.integers(max_value=16).map(str), _not_int, st.sampled_from(["17.0", "nan", ""])),
+    },
 }
 
 GOOD = {
@@ -181,6 +185,7 @@ GOOD = {
               "--optimizer=sgd", "--lr=0.05", "--dtype=float64", "--threads=1", "--prune=0.5", "--seed=3",
               "--quiet"],
     "bench": ["--quick", "--threads=1", "--dtype=both", "--filter=adam", "--quiet"],
+    "export": ["--softmax", "--keep-batchnorm", "--opset=18"],
 }
 
 
@@ -192,7 +197,7 @@ def test_every_option_has_a_bad_value_strategy():
         options = {s for a in commands[command]._actions for s in a.option_strings if s.startswith("--")}
         valued = {o for o in options
                   if o not in ("--help", "--quiet", "--quick", "--data-path", "--filter", "--batchnorm",
-                               "--contention", "--cgroup", "--inference")}
+                               "--contention", "--cgroup", "--inference", "--softmax", "--keep-batchnorm")}
         assert valued == set(bad), command
 
 
@@ -308,3 +313,167 @@ def test_import_from_an_unbuilt_source_tree_says_how_to_build(tmp_path):
     assert "\n" not in message and "circular" not in message
     assert message.startswith("fastwb is not built") and "pip install -e ." in message
     assert cause == "None" and suppressed
+
+
+# -- fastwb info MODEL and fastwb export ---------------------------------------------------
+
+@pytest.fixture
+def saved_model(tmp_path):
+    """A trained, pruned BatchNorm model saved to tmp_path/model.fwb: (path, model)."""
+    from fastwb import nn
+
+    model = nn.Sequential(nn.Linear(12, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.2),
+                          nn.Linear(8, 3), rng=0)
+    X, y = _small_data()[:2]
+    model.fit(X, y, epochs=2, batch_size=10, verbose=False)
+    model.prune(0.5)
+    path = tmp_path / "model.fwb"
+    model.save(path)
+    return str(path), model
+
+
+def test_info_model_prints_layers_parameters_and_sparsity(saved_model):
+    path, model = saved_model
+    status, out, err = run_cli(["info", path])
+    assert status == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == f"{path}: Sequential, float32, 12 -> 3 features, loss cross_entropy, 6 steps, 2 epochs done"
+    rows = {line.split()[0]: line for line in lines[2:-1]}
+    assert list(rows) == ["0", "1", "2", "3", "4", "total"]
+    for i, layer in enumerate(model.layers):
+        assert repr(layer) in rows[str(i)]
+    sparsity = model.layer_sparsity()
+    assert rows["0"].split()[-2:] == ["96", f"{sparsity[0]:.4f}"]          # 12 x 8, no bias
+    assert rows["1"].split()[-1] == "16" and rows["2"].split()[-1] == "0" and rows["3"].split()[-1] == "0"
+    assert rows["4"].split()[-2:] == ["27", f"{sparsity[1]:.4f}"]
+    assert rows["total"].split()[1:] == [f"{model.n_params:,}", f"{model.sparsity():.4f}"]
+    assert model.sparsity() == pytest.approx(0.5, abs=0.01)
+
+
+def test_info_model_json(saved_model):
+    path, model = saved_model
+    status, out, err = run_cli(["info", path, "--json"])
+    assert status == 0 and err == ""
+    got = json.loads(out)
+    assert {k: got[k] for k in ("model", "class", "dtype", "in_features", "out_features", "loss", "step_count",
+                                "epochs_done", "parameters")} == {
+        "model": path, "class": "Sequential", "dtype": "float32", "in_features": 12, "out_features": 3,
+        "loss": "cross_entropy", "step_count": 6, "epochs_done": 2, "parameters": model.n_params}
+    assert got["sparsity"] == pytest.approx(model.sparsity())
+    assert [la["type"] for la in got["layers"]] == ["Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    assert [la["parameters"] for la in got["layers"]] == [96, 16, 0, 0, 27]
+    assert sum(la["parameters"] for la in got["layers"]) == model.n_params
+    assert [la["sparsity"] for la in got["layers"]] == pytest.approx(
+        [model.layer_sparsity()[0], None, None, None, model.layer_sparsity()[1]])
+    assert got["layers"][1]["config"] == model.layers[1].config() and got["layers"][4]["repr"] == repr(model.layers[4])
+
+
+def test_info_of_an_mlp_checkpoint(tmp_path):
+    model = fastwb.MLP([12, 5, 3], rng=0)
+    model.save(tmp_path / "mlp.fwb")
+    status, out, err = run_cli(["info", str(tmp_path / "mlp.fwb"), "--json"])
+    assert status == 0 and err == ""
+    got = json.loads(out)
+    assert got["class"] == "MLP" and got["parameters"] == 12 * 5 + 5 + 5 * 3 + 3 and got["sparsity"] == 0
+
+
+def test_info_without_a_model_is_the_runtime_configuration():
+    status, out, err = run_cli(["info", "--json"])
+    assert status == 0 and err == ""
+    assert set(json.loads(out)) == set(fastwb._runtime.config())
+
+
+@pytest.mark.parametrize("command", ["info", "export"])
+@pytest.mark.parametrize("kind", ["missing", "garbage", "folder", "truncated"])
+def test_a_bad_model_file_is_one_line_on_stderr(tmp_path, saved_model, command, kind):
+    path = tmp_path / "bad.fwb"
+    if kind == "garbage":
+        path.write_bytes(b"not a model at all")
+    elif kind == "folder":
+        path = tmp_path
+    elif kind == "truncated":
+        data = open(saved_model[0], "rb").read()
+        path.write_bytes(data[:len(data) // 2])
+    argv = [command, str(path)] + (["--onnx", str(tmp_path / "out.onnx")] if command == "export" else [])
+    with mock.patch.dict(sys.modules, {"onnx": mock.MagicMock()}):     # export fails at the load, onnx or not
+        status, out, err = run_cli(argv)
+    assert status == 2 and out == ""
+    assert err.startswith(f"fastwb {command}: cannot load {path}") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_export_without_onnx_is_a_usage_error(tmp_path, saved_model):
+    out_path = tmp_path / "m.onnx"
+    with mock.patch.dict(sys.modules, {"onnx": None}):
+        status, out, err = run_cli(["export", saved_model[0], "--onnx", str(out_path)])
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert "argument --onnx" in err and "pip install onnx" in err
+    assert not out_path.exists()
+
+
+def test_export_paths_and_opset_are_checked_first(tmp_path, saved_model):
+    assert_usage_error(["export", saved_model[0], "--onnx", str(tmp_path / "no-such-folder" / "m.onnx")], "--onnx")
+    assert_usage_error(["export", saved_model[0], "--onnx", str(tmp_path)], "--onnx")
+    assert_usage_error(["export", saved_model[0], "--opset", "16", "--onnx", str(tmp_path / "m.onnx")], "--opset")
+    status, out, err = run_cli(["export", saved_model[0]])                # --onnx is required
+    assert status == 2 and "--onnx" in err and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["model.fwb"]
+
+
+@pytest.mark.parametrize("options", [[], ["--softmax"], ["--keep-batchnorm", "--opset", "18"]], ids=str)
+def test_export_writes_the_onnx_model(tmp_path, saved_model, options):
+    onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package (pip install onnx)")
+    path, model = saved_model
+    out_path = tmp_path / "m.onnx"
+    status, out, err = run_cli(["export", path, "--onnx", str(out_path), *options])
+    assert status == 0 and err == "" and out.startswith(f"wrote {out_path}: ONNX opset")
+    proto = onnx.load(str(out_path))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ("BatchNormalization" in ops) == ("--keep-batchnorm" in options)
+    assert ("Softmax" in ops) == ("--softmax" in options)
+    assert proto.opset_import[0].version == (18 if "--opset" in options else 17)
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "model.fwb"]
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    X = _small_data()[0]
+    got = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"]).run(None, {"x": X})
+    np.testing.assert_allclose(got[0], model.eval().logits(X), rtol=1e-5, atol=1e-5)
+    if "--softmax" in options:
+        np.testing.assert_allclose(got[1], model.predict_proba(X), rtol=1e-5, atol=1e-5)
+
+
+def test_export_errors_after_loading(tmp_path, saved_model):
+    onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package (pip install onnx)")
+    out_path = tmp_path / "m.onnx"
+    newest = onnx.defs.onnx_opset_version()
+    status, out, err = run_cli(["export", saved_model[0], "--onnx", str(out_path), "--opset", str(newest + 1)])
+    assert status == 2 and out == "" and err.count("\n") == 1 and "opset" in err and "Traceback" not in err
+    from fastwb import nn
+
+    nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2, track_running_stats=False)).save(tmp_path / "batch.fwb")
+    status, out, err = run_cli(["export", str(tmp_path / "batch.fwb"), "--onnx", str(out_path)])
+    assert status == 2 and "track_running_stats=False" in err and err.count("\n") == 1
+    out_path.write_bytes(b"the previous model")
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    with mock.patch.object(os, "fsync", broken_fsync):
+        status, out, err = run_cli(["export", saved_model[0], "--onnx", str(out_path)])
+    assert status == 1 and err == f"fastwb export: cannot write {out_path}: [Errno 28] No space left on device\n"
+    assert out_path.read_bytes() == b"the previous model"
+    assert sorted(os.listdir(tmp_path)) == ["batch.fwb", "m.onnx", "model.fwb"]       # no temporary file left
+
+
+def test_info_model_in_a_fresh_process(tmp_path, saved_model):
+    done = subprocess.run([sys.executable, "-m", "fastwb", "info", "model.fwb"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("model.fwb: Sequential, float32, 12 -> 3 features")
+    done = subprocess.run([sys.executable, "-m", "fastwb", "info", "missing.fwb"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "fastwb info: cannot load missing.fwb: No such file or directory\n"

@@ -113,26 +113,39 @@ def test_state_dict_rejects_other_shapes_and_types(rng):
         optim.Adam([np.zeros((3, 4), np.float32) for _ in range(2)]).load_state_dict(saved)
 
 
+@pytest.mark.parametrize("ranges", [[[0, 10007]], [[0, 3001], [3500, 7001], [7001, 10007]], [[9, 10]], []])
 @pytest.mark.parametrize("kernel", ["sgd", "momentum", "adam", "rmsprop"])
-def test_kernels_thread_independent(kernel, dtype, rng):
+def test_kernels_thread_independent(kernel, ranges, dtype, rng):
+    """Bitwise the same results on any thread count, over whole arrays and over
+    ranges with gaps (frozen parameters), which stay untouched."""
     n = 10007
     mask = (rng.random(n) > 0.3).astype(np.uint8)
+    seg = np.array(ranges, np.intp).reshape(-1, 2)
+    outside = np.ones(n, bool)
+    for lo, hi in ranges:
+        outside[lo:hi] = False
 
     def run(t):
         r = np.random.default_rng(5)
         p, g, a, b, c = (r.standard_normal(n).astype(dtype) for _ in range(5))
         b = np.abs(b)
         if kernel == "sgd":
-            _optim.sgd(p, g, a, mask, 0.1, 0.9, 0.1, 0.01, 0.001, True, False, t)
+            _optim.sgd(p, g, a, mask, seg, 0.1, 0.9, 0.1, 0.01, 0.001, True, False, t)
         elif kernel == "momentum":
-            _optim.momentum(p, g, a, mask, 0.1, 0.9, 0.01, 0.001, t)
+            _optim.momentum(p, g, a, mask, seg, 0.1, 0.9, 0.01, 0.001, t)
         elif kernel == "adam":
-            _optim.adam(p, g, a, b, np.abs(c), mask, 0.9, 0.999, 1e-8, 0.01, 0.0, 0.999, 0.01, 0.3, t)
+            _optim.adam(p, g, a, b, np.abs(c), mask, seg, 0.9, 0.999, 1e-8, 0.01, 0.0, 0.999, 0.01, 0.3, t)
         else:
-            _optim.rmsprop(p, g, b, a * 0.01, c, mask, 0.01, 0.99, 1e-8, 0.0, 0.0, 0.9, t)
+            _optim.rmsprop(p, g, b, a * 0.01, c, mask, seg, 0.01, 0.99, 1e-8, 0.0, 0.0, 0.9, t)
         return p, a, b, c
 
     first = run(1)
+    r = np.random.default_rng(5)
+    before = [r.standard_normal(n).astype(dtype) for _ in range(5)]
+    for x, x0 in zip(first, (before[0], before[2], np.abs(before[3]), before[4])):
+        np.testing.assert_array_equal(x[outside], x0[outside])
+    inside = ~outside & (mask == 1)
+    assert (first[0][inside] != before[0][inside]).all()
     for t in THREADS[1:]:
         for x, y in zip(first, run(t)):
             np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))
@@ -393,3 +406,83 @@ def test_subnormal_state_is_the_documented_difference_from_torch():
     assert np.all(m[sub] == 0) and _subnormal(m) == 0       # fastwb stores them as 0
     # an update below 1e-30 changes nothing: the parameters agree as before (to PyTorch's FMA rounding)
     assert _ulps(p[dead], tp.detach().numpy()[dead]).max() <= 2
+
+
+# -- groups and units (a model's named parameters in one flat buffer) ------------------------
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw", "rmsprop"])
+def test_units_equal_separate_optimizers(name, dtype, rng):
+    """Units with their own groups and frozen flags update exactly as separate
+    optimizers over the slices would, bit for bit; frozen slices and their state
+    do not move, and a unit unfrozen later counts its own steps from 1 (PyTorch)."""
+    cls = optim.by_name(name)
+    extra = {"momentum": 0.9} if name in ("sgd", "rmsprop") else {}
+    sizes = [7, 300, 5, 64]
+    flat = rng.standard_normal(sum(sizes)).astype(dtype)
+    grads = [rng.standard_normal(flat.size).astype(dtype) for _ in range(6)]
+    opt = cls([flat], lr=0.01, weight_decay=0.001, **extra)
+    opt.set_groups([{"lr": 0.05}, {"weight_decay": 0.1, "l1": 0.01}])
+    opt.set_units(0, sizes, group=[1, 0, 2, 0], frozen=[False, True, False, False])
+    bounds = np.cumsum([0] + sizes)
+    pieces = [flat[bounds[j]:bounds[j + 1]].copy() for j in range(4)]
+    hyper = [dict(lr=0.05, weight_decay=0.001), dict(lr=0.01, weight_decay=0.001),
+             dict(lr=0.01, weight_decay=0.1, l1=0.01), dict(lr=0.01, weight_decay=0.001)]
+    alone = [cls([pieces[j]], **hyper[j], **extra) for j in range(4)]
+    frozen_state = {k: v.copy() for k, v in opt.state[0].items()}
+    for step, g in enumerate(grads):
+        if step == 3:       # unfreeze unit 1: from now on it is stepped, from its own step 1
+            opt.set_units(0, sizes, group=[1, 0, 2, 0], frozen=[False] * 4, steps=opt.units[0].steps)
+        opt.step([g])
+        for j in range(4):
+            if j != 1 or step >= 3:
+                alone[j].step([g[bounds[j]:bounds[j + 1]]])
+        if step < 3:
+            for k, v in opt.state[0].items():
+                np.testing.assert_array_equal(v[bounds[1]:bounds[2]], frozen_state[k][bounds[1]:bounds[2]])
+    for j in range(4):
+        np.testing.assert_array_equal(flat[bounds[j]:bounds[j + 1]], pieces[j])
+    assert opt.units[0].steps.tolist() == [6, 3, 6, 6]
+
+
+def test_units_state_dict_round_trip(rng):
+    flat = rng.standard_normal(20).astype(np.float32)
+    opt = optim.Adam([flat], lr=0.01)
+    opt.set_groups([{"lr": 0.1}])
+    opt.set_units(0, [5, 15], group=[1, 0], frozen=[True, False])
+    opt.step([np.ones(20, np.float32)])
+    saved = opt.state_dict()
+    other = optim.Adam([flat.copy()])
+    other.load_state_dict(saved)
+    assert other.groups == [{"lr": 0.1}] and other.units[0].as_dict() == opt.units[0].as_dict()
+    g = rng.standard_normal(20).astype(np.float32)
+    opt.step([g])
+    other.step([g])
+    np.testing.assert_array_equal(other.params[0], flat)
+
+
+def test_units_and_groups_errors():
+    opt = optim.Adam([np.zeros(10, np.float32)])
+    with pytest.raises(ValueError, match="add up to 9"):
+        opt.set_units(0, [4, 5])
+    with pytest.raises(ValueError, match="group 1 does not exist"):
+        opt.set_units(0, [4, 6], group=[0, 1])
+    with pytest.raises(ValueError, match="1 frozen flags for 2 units"):
+        opt.set_units(0, [4, 6], frozen=[True])
+    with pytest.raises(TypeError, match="frozen must be True or False"):
+        opt.set_units(0, [4, 6], frozen=[1, 0])
+    with pytest.raises(ValueError, match="params\\[1\\] does not exist"):
+        opt.set_units(1, [10])
+    with pytest.raises(ValueError, match="may set only lr, weight_decay, l1"):
+        opt.set_groups([{"betas": (0.5, 0.5)}])
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        opt.set_groups([{"lr": -1}])
+    with pytest.raises(TypeError, match="must be a dict"):
+        opt.set_groups([0.1])
+    opt.set_groups([{"lr": 0.1}])
+    opt.set_units(0, [4, 6], group=[0, 1])
+    with pytest.raises(ValueError, match="units in group 1"):
+        opt.set_groups([])
+    bad = opt.state_dict()
+    bad["units"] = [{"sizes": [3], "group": [0], "frozen": [False], "steps": [0]}]
+    with pytest.raises(ValueError, match="add up to 3"):
+        optim.Adam([np.zeros(10, np.float32)]).load_state_dict(bad)

@@ -12,13 +12,15 @@
   dicts and v2 checkpoints (:func:`load`);
 * :mod:`fastwb.nn.losses`: ``cross_entropy``, ``mse``, ``bce_with_logits``;
 * :mod:`fastwb.nn.callbacks`: ``EarlyStopping``, ``LearningRateScheduler``,
-  ``ModelCheckpoint``.
+  ``ModelCheckpoint``, ``Unfreeze``.
 """
 
-from fastwb.nn.callbacks import Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint
+from fastwb.nn.callbacks import Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint, Unfreeze
+from fastwb.nn.interop import from_torch
 from fastwb.nn.layers import BatchNorm1d, Dropout, Identity, LeakyReLU, Linear, ReLU, Sigmoid, Tanh, activation_layer
 from fastwb.nn.losses import LOSSES
 from fastwb.nn.sequential import Sequential, load
 
 __all__ = ["Sequential", "load", "Linear", "BatchNorm1d", "Dropout", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
-           "Identity", "activation_layer", "LOSSES", "Callback", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
+           "Identity", "activation_layer", "LOSSES", "Callback", "EarlyStopping", "LearningRateScheduler",
+           "ModelCheckpoint", "Unfreeze", "from_torch"]

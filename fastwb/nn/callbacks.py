@@ -10,7 +10,7 @@ import math
 
 from fastwb._validate import check_int, check_real
 
-__all__ = ["Callback", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
+__all__ = ["Callback", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint", "Unfreeze"]
 
 
 class Callback:
@@ -81,7 +81,9 @@ class EarlyStopping(Callback):
 
 class LearningRateScheduler(Callback):
     """Set the optimizer's learning rate after each epoch: ``schedule(epoch, lr)``
-    returns the rate for the next epoch (epochs counted from 0)."""
+    returns the rate for the next epoch (epochs counted from 0).  Parameter
+    groups with a learning rate of their own (``compile(groups=...)``) are
+    scaled by the same factor."""
 
     def __init__(self, schedule):
         if not callable(schedule):
@@ -90,8 +92,12 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_end(self, epoch, logs):
         opt = self.model.optimizer
-        lr = check_real("the learning rate from the schedule", self.schedule(epoch, opt.hyper["lr"]), minimum=0.0)
+        old = opt.hyper["lr"]
+        lr = check_real("the learning rate from the schedule", self.schedule(epoch, old), minimum=0.0)
         opt.hyper["lr"] = lr
+        for group in opt.groups:
+            if "lr" in group:
+                group["lr"] = group["lr"] * (lr / old) if old > 0 else lr
         logs["lr"] = lr
 
 
@@ -107,3 +113,33 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch, logs):
         self.model.save(self.path.format(epoch=epoch + 1), with_optimizer=self.with_optimizer)
+
+
+class Unfreeze(Callback):
+    """Unfreeze the parameters matching ``pattern`` (a glob or a list of them;
+    default: everything) before epoch ``at_epoch`` (counted from 0 over the
+    model's whole life, as ``model.epochs_done``): gradual fine-tuning, the
+    head trained alone first, then the base with it.  A model that has
+    already done ``at_epoch`` epochs is unfrozen when training begins."""
+
+    def __init__(self, at_epoch, pattern="*"):
+        self.at_epoch = check_int("at_epoch", at_epoch, 0)
+        patterns = [pattern] if isinstance(pattern, str) else pattern
+        if not isinstance(patterns, (list, tuple)) or not patterns or not all(isinstance(p, str) for p in patterns):
+            raise TypeError(f"pattern must be a glob string or a list of them, got {pattern!r}")
+        self.patterns = list(patterns)
+        self.done = False
+
+    def _unfreeze(self):
+        if not self.done:
+            self.model.unfreeze(*self.patterns)
+            self.done = True
+
+    def on_train_begin(self, model):
+        super().on_train_begin(model)
+        if model.epochs_done >= self.at_epoch:
+            self._unfreeze()
+
+    def on_epoch_end(self, epoch, logs):
+        if epoch + 1 >= self.at_epoch:
+            self._unfreeze()

@@ -110,12 +110,18 @@ class Workspace:
 
     An inference workspace (``training=False``) holds only what a forward
     pass in inference mode writes (stage outputs, batch statistics of a
-    BatchNorm that does not track running statistics)."""
+    BatchNorm that does not track running statistics).
 
-    def __init__(self, model, n, training=True):
+    ``start`` and ``stop`` choose a run of the stages (default: all): the
+    plan of a frozen prefix, or of the stages after it (``fit(...,
+    cache_frozen=True)``)."""
+
+    def __init__(self, model, n, training=True, start=0, stop=None):
         dt = model.dtype
         self.batch = n
         self.training = training
+        self.start, self.stop = start, len(model._plan) if stop is None else stop
+        run = range(self.start, self.stop)
         self.out, self.pre, self.grad_in, self.work, self.gb = [], [], [], [], []
         self.mean, self.invstd = [], []
         self.nt_act, self.nt_col, self.nt_drop, self.nt_bn = [], [], [], []
@@ -123,7 +129,7 @@ class Workspace:
         # counts are planned for the most threads this process may use; each call lowers
         # them to the thread setting of the moment (call_threads)
         most = max(default_threads(), call_threads())
-        for st, (w_in, w_out) in zip(model._plan, model._widths):
+        for st, (w_in, w_out) in zip([model._plan[k] for k in run], [model._widths[k] for k in run]):
             self.out.append(np.empty((n, w_out), dt))
             # dense + dropout and act + dropout keep the activation output before the dropout
             keep = training and st.p and st.kind in ("dense", "act")
@@ -141,10 +147,11 @@ class Workspace:
                                                most), max(1, w_out // 16)))
             self.nt_gemm.append((gemm_threads(n, w_out, w_in, most), gemm_threads(w_in, w_out, n, most),
                                  gemm_threads(n, w_in, w_out, most)) if st.kind == "dense" else (1, 1, 1))
-        self.grad_out = np.empty((n, model.out_features), dt)
+        w_first, w_last = model._widths[self.start][0], model._widths[self.stop - 1][1]
+        self.grad_out = np.empty((n, w_last), dt)
         self.row_loss = np.empty(n, np.float64)
-        self.nt_loss = model.loss.threads(n * model.out_features, most)
-        self.x = np.empty((n, model.in_features), dt) if training else None     # fit's gathered batch
+        self.nt_loss = model.loss.threads(n * w_last, most)
+        self.x = np.empty((n, w_first), dt) if training else None     # fit's gathered batch
         self.y = None                                                             # fit's gathered targets
         # the compiled forward pass and step over these arrays (forward only for inference)
         self.plan = _engine.Plan(_stage_dicts(model, self), self.grad_out, self.row_loss, model.loss.name,
@@ -157,9 +164,11 @@ def _stage_dicts(model, ws):
     parameters, gradients (None in an inference workspace), running statistics
     and thread counts."""
     out = []
-    for k, st in enumerate(model._plan):
+    for k, st in enumerate(model._plan[ws.start:ws.stop]):
         prm, grd, buf = model._params[st.index], model._grads[st.index], model._buffers[st.index]
         d = {"kind": st.kind, "code": st.code, "alpha": float(st.alpha), "p": float(st.p), "seed": model._seed(st),
+             "grads": any(f"{st.index}.{name}" not in model.frozen for name in st.layer.param_names),
+             "frozen": st.kind == "bn" and f"{st.index}.running_mean" in model.frozen,
              "out": ws.out[k], "pre": ws.pre[k], "grad_in": ws.grad_in[k], "work": ws.work[k],
              "nt_act": ws.nt_act[k], "nt_col": ws.nt_col[k], "nt_drop": ws.nt_drop[k], "nt_bn": ws.nt_bn[k],
              "nt_fwd": ws.nt_gemm[k][0], "nt_dw": ws.nt_gemm[k][1], "nt_dx": ws.nt_gemm[k][2]}

@@ -27,6 +27,7 @@ model (on one thread).
 
 import contextlib
 import copy as _copy
+import fnmatch
 import json
 import math
 import threading
@@ -98,6 +99,8 @@ class Sequential:
         self.epochs_done = 0
         self.stop_training = False
         self.masks = None
+        self.frozen = set()         # state-dict names of the frozen parameters and buffers
+        self.groups = {}            # parameter groups: glob pattern -> hyperparameter overrides
         self._fresh_workspaces()
 
     def _fresh_workspaces(self):
@@ -116,6 +119,8 @@ class Sequential:
         return {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
 
     def __setstate__(self, state):
+        state.setdefault("frozen", set())       # pickles from before freezing and groups
+        state.setdefault("groups", {})
         self.__dict__.update(state)
         self._views()
         self._fresh_workspaces()
@@ -200,6 +205,77 @@ class Sequential:
     def __getitem__(self, i):
         return self.layers[i]
 
+    def __setitem__(self, i, layer):
+        self.replace(i, layer)
+
+    def replace(self, index, layer, rng=None):
+        """Put ``layer`` (a new layer, initialised from ``rng``) at position
+        ``index`` (negative counts from the end), for a new head: ``model[-1] =
+        nn.Linear(256, 5)``.  The flat buffers are laid out again; every other
+        parameter, buffer, pruning mask, frozen flag and the optimizer's state
+        and step counts are kept bit for bit, and the new layer's parameters
+        start with fresh optimizer state.  Widths are checked as at
+        construction (ValueError naming both layers).  Returns the model."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"the new layer is a {type(layer).__name__}, not a fastwb.nn layer")
+        i = check_int("index", index)
+        if not -len(self.layers) <= i < len(self.layers):
+            raise IndexError(f"index {index} is out of range for a model of {len(self.layers)} layers")
+        i %= len(self.layers)
+        if any(layer is other for other in self.layers):
+            raise ValueError("this layer object is already in the model; use a new one")
+        layers = list(self.layers)
+        layers[i] = layer
+        fixed = any(la.in_features() is not None for la in layers)
+        new = Sequential(*layers, dtype=self.dtype, rng=rng, in_features=None if fixed else self.in_features)
+        self._transplant(new, replaced=i)
+        return self
+
+    def _transplant(self, new, replaced):
+        """Take ``new``'s structure and buffers (``new`` differs from this model in
+        layer ``replaced`` only), copying this model's values for every other layer."""
+        keep = lambda name: int(name.split(".")[0]) != replaced      # noqa: E731
+        old_state, old_places = self.state_dict(), {n: (kind, off, shape) for n, kind, off, shape in self._names}
+        for name, kind, off, shape in new._names:
+            if keep(name):
+                new._entry(kind, off, shape)[...] = old_state[name]
+        opt, masks = self.optimizer, self.masks
+        if masks is not None:           # one mask per Linear weight, in order
+            old = dict(zip([i for i, la in enumerate(self.layers) if isinstance(la, Linear)], masks))
+            masks = [old[i].copy() if i != replaced and i in old else np.ones(w.shape, bool)
+                     for i, w in zip([i for i, la in enumerate(new.layers) if isinstance(la, Linear)], new.W)]
+        for attr in ("layers", "in_features", "out_features", "_plan", "_widths", "params", "grads", "buffers",
+                     "num_batches_tracked", "_nbt_index"):
+            setattr(self, attr, getattr(new, attr))
+        self._views()
+        MODELS.discard(new)
+        self.frozen = {n for n in self.frozen if keep(n)}
+        self.masks = masks
+        self._workspaces.clear()
+        self._pool = WorkspacePool()
+        self._generation = Layer.generation
+        if opt is None:
+            return
+        self.optimizer = type(opt)([self.params], **opt.hyper)
+        self.optimizer.step_count = opt.step_count
+        self.optimizer.groups = opt.groups
+        names = [n for n, (kind, *_) in old_places.items() if kind == "param"]
+        old_steps = dict(zip(names, opt.units[0].steps.tolist() if opt.units[0] is not None
+                             else [opt.step_count] * len(names)))
+        steps = []
+        for name, kind, off, shape in self._names:
+            if kind != "param":
+                continue
+            size = math.prod(shape)
+            steps.append(old_steps[name] if keep(name) else 0)
+            if keep(name):
+                _, old_off, _ = old_places[name]
+                for k, buf in self.optimizer.state[0].items():
+                    buf[off:off + size] = opt.state[0][k][old_off:old_off + size]
+        self._configure_optimizer(steps)
+        if masks is not None:
+            self.optimizer.set_masks([self._flat_mask()])
+
     def __len__(self):
         return len(self.layers)
 
@@ -214,10 +290,22 @@ class Sequential:
         return self.train(False)
 
     # -- optimizer and loss --------------------------------------------------------------
-    def compile(self, optimizer="adam", loss=None, **hyper):
+    def compile(self, optimizer="adam", loss=None, groups=None, **hyper):
         """Choose the optimizer (a name, with PyTorch's hyperparameter names, or a
         :mod:`fastwb.optim` optimizer built over ``[model.params]``) and the loss
-        (``"cross_entropy"``, ``"mse"``, ``"bce_with_logits"``; unchanged when None)."""
+        (``"cross_entropy"``, ``"mse"``, ``"bce_with_logits"``; unchanged when None).
+
+        ``groups``: parameter groups, ``{pattern: {"lr": ..., "weight_decay": ...,
+        "l1": ...}}``, glob patterns over the parameters' state-dict names
+        (``{"0.*": {"lr": 1e-4}}``); a parameter takes the first group whose
+        pattern matches it, the others the optimizer's own values.  All groups
+        still run in one fused pass over the flat buffer.  Frozen parameters
+        (:meth:`freeze`) are skipped by the optimizer whatever their group."""
+        if groups is not None:
+            if not isinstance(groups, dict):
+                raise TypeError(f"groups must be a dict {{pattern: hyperparameters}}, got {type(groups).__name__}")
+            for pattern in groups:
+                self._match([pattern], "groups", params_only=True)
         if loss is not None:
             self.loss = _losses.get(loss)
             self._workspaces.clear()        # the compiled plans depend on the loss
@@ -228,9 +316,98 @@ class Sequential:
             self.optimizer = optimizer
         else:
             self.optimizer = optim.by_name(optimizer)([self.params], **hyper)
+        self.groups = {} if groups is None else {p: dict(v) for p, v in groups.items()}
+        self.optimizer.set_units(0, None)
+        try:
+            self.optimizer.set_groups(list(self.groups.values()))
+        except (TypeError, ValueError) as e:
+            self.groups = {}
+            raise type(e)(f"groups: {e}") from None
+        self._configure_optimizer()
         if self.masks is not None:
             self.optimizer.set_masks([self._flat_mask()])
         return self
+
+    # -- freezing and parameter groups ---------------------------------------------------
+    def _match(self, patterns, what, params_only=False):
+        """The state-dict names matching any of the glob ``patterns`` (all names
+        for none); a pattern matching nothing is a ValueError listing the names."""
+        names = [n for n, kind, *_ in self._names if kind == "param" or not params_only]
+        if not patterns:
+            return set(names)
+        out = set()
+        for pattern in patterns:
+            if not isinstance(pattern, str):
+                raise TypeError(f"{what}: a pattern is a string such as '0.*', got {type(pattern).__name__}")
+            hit = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+            if not hit:
+                raise ValueError(f"{what}: pattern {pattern!r} matches none of the names "
+                                 f"({', '.join(names) or 'none'})")
+            out.update(hit)
+        return out
+
+    def freeze(self, *patterns):
+        """Freeze the parameters and buffers whose state-dict names match the glob
+        ``patterns`` (``"0.*"``, ``"2.weight"``; none: everything), as skorch's
+        ``Freezer``; returns the model.
+
+        A frozen parameter is not updated and its optimizer state does not move
+        (the fused optimizer skips its slice of the flat buffer); a layer whose
+        parameters are all frozen gets no weight-gradient GEMM, and the backward
+        pass stops at the first layer with a trained parameter.  Frozen
+        parameters' gradients are not computed (left at 0).  A BatchNorm1d whose
+        running statistics are frozen (``"1.*"``, or ``"1.running_mean"``)
+        normalises by them in training too and does not update them (as Keras
+        does; PyTorch keeps using batch statistics in training mode)."""
+        names = self._match(patterns, "freeze")
+        self._set_frozen(self.frozen | names)
+        return self
+
+    def unfreeze(self, *patterns):
+        """Train again the parameters and buffers matching ``patterns`` (none:
+        everything); returns the model.  An unfrozen parameter counts its own
+        optimizer steps, as PyTorch counts a parameter's steps from its first
+        update (Adam's bias correction starts afresh)."""
+        names = self._match(patterns, "unfreeze")
+        self._set_frozen(self.frozen - names)
+        return self
+
+    def trainable(self, name):
+        """Whether the parameter or buffer called ``name`` is trained (not frozen)."""
+        if name not in {n for n, *_ in self._names}:
+            raise KeyError(f"no parameter or buffer called {name!r}")
+        return name not in self.frozen
+
+    def _set_frozen(self, frozen):
+        newly = frozen - self.frozen
+        self.frozen = set(frozen)
+        for name, kind, off, shape in self._names:
+            if kind == "param" and name in newly:
+                self.grads[off:off + math.prod(shape)] = 0
+        self._workspaces.clear()            # the plans skip what is frozen
+        self._pool = WorkspacePool()
+        self._configure_optimizer()
+
+    def _configure_optimizer(self, steps=None):
+        """Tell the optimizer the model's units (one per parameter), their groups,
+        frozen flags and step counts (``steps``: one per parameter; default: kept
+        from the optimizer's current units, else its step count)."""
+        opt = self.optimizer
+        if opt is None or not self.params.size:
+            return
+        units = [(name, math.prod(shape)) for name, kind, off, shape in self._names if kind == "param"]
+        if steps is None:
+            current = opt.units[0]
+            steps = (current.steps.tolist() if current is not None and len(current.steps) == len(units)
+                     else [opt.step_count] * len(units))
+        patterns = list(self.groups)
+        group = [next((k + 1 for k, p in enumerate(patterns) if fnmatch.fnmatchcase(name, p)), 0)
+                 for name, _ in units]
+        frozen = [name in self.frozen for name, _ in units]
+        if any(frozen) or any(group) or any(t != opt.step_count for t in steps):
+            opt.set_units(0, [size for _, size in units], group, frozen, steps)
+        else:
+            opt.set_units(0, None)
 
     # -- checks --------------------------------------------------------------------------
     def _check_x(self, X, name="X"):
@@ -259,14 +436,16 @@ class Sequential:
         self._pool = WorkspacePool()
         self._generation = Layer.generation
 
-    def _workspace(self, n):
-        """The training workspace for ``n`` rows (only inside a :func:`trains` method)."""
+    def _workspace(self, n, start=0):
+        """The training workspace for ``n`` rows (only inside a :func:`trains` method),
+        of the stages from ``start`` on (after a cached frozen prefix)."""
         if self._generation != Layer.generation:
             self._replan()
-        ws = self._workspaces.pop(n, None)
+        key = n if not start else (n, start)
+        ws = self._workspaces.pop(key, None)
         if ws is None:
-            ws = Workspace(self, n)
-        self._workspaces[n] = ws
+            ws = Workspace(self, n, start=start)
+        self._workspaces[key] = ws
         while len(self._workspaces) > TRAIN_SIZES:
             self._workspaces.popitem(last=False)
         return ws
@@ -332,6 +511,26 @@ class Sequential:
             self.compile()
         return self._step(X, y, self._workspace(X.shape[0]))
 
+    def _frozen_prefix(self):
+        """How many stages at the front compute the same thing in training as in
+        inference and have nothing trained: their output can be computed once
+        (``fit(..., cache_frozen=True)``)."""
+        for k, st in enumerate(self._plan):
+            names = [f"{st.index}.{name}" for name in st.layer.param_names]
+            if (st.p or any(n not in self.frozen for n in names)
+                    or (st.kind == "bn" and f"{st.index}.running_mean" not in self.frozen)):
+                return k
+        return len(self._plan)
+
+    def _prefix_outputs(self, X, stop, batch_size=1024):
+        """The output of the first ``stop`` stages for X, in inference mode (chunks of ``batch_size``)."""
+        out = np.empty((X.shape[0], self._widths[stop - 1][1]), self.dtype)
+        for start in range(0, X.shape[0], batch_size):
+            chunk = X[start:start + batch_size]
+            ws = Workspace(self, chunk.shape[0], training=False, stop=stop)
+            out[start:start + chunk.shape[0]] = ws.plan.forward(chunk, False, self.step_count)
+        return out
+
     def _step(self, X, y, ws):
         loss = self._gradients(X, y, ws)
         self.optimizer._apply([self.grads])
@@ -352,7 +551,7 @@ class Sequential:
 
     @trains
     def fit(self, X, y, epochs=5, batch_size=128, optimizer=None, shuffle=True, validation_data=None, rng=None,
-            prune_schedule=None, prune_scope="global", verbose=True, callbacks=()):
+            prune_schedule=None, prune_scope="global", verbose=True, callbacks=(), cache_frozen=False):
         """Train for ``epochs`` passes over (X, y) in mini-batches, in training mode.
 
         ``epochs`` and ``batch_size`` are integers >= 1.  ``optimizer``: None
@@ -370,6 +569,14 @@ class Sequential:
         after each epoch; one may set ``model.stop_training``.  ``verbose``
         shows a progress bar on a terminal (tqdm when installed) and a line
         per epoch.
+
+        ``cache_frozen``: when the first layers are frozen and compute the same
+        in training as in inference (no active dropout, BatchNorm with frozen
+        running statistics: see :meth:`freeze`), their output for all of X is
+        computed once per epoch's start (again only after an ``Unfreeze``), and
+        the steps run only the layers after them.  The results equal those of
+        uncached training up to the rounding of the cached GEMMs (computed in
+        other row blocks).  Without such a prefix it changes nothing.
 
         Returns the history dict: per epoch ``loss``, the loss's metric
         (``accuracy``, ``r2`` or ``binary_accuracy``), ``val_*`` of both with
@@ -411,17 +618,25 @@ class Sequential:
         current_sparsity = None
         start_step = self.step_count
         last_epoch = self.epochs_done + epochs
+        cached, data = 0, X           # stages whose output `data` holds for every row of X
         try:
             for _ in range(epochs):
                 epoch = self.epochs_done
+                if cache_frozen:
+                    stop = self._frozen_prefix() if schedule is None else 0
+                    if stop == len(self._plan):
+                        raise ValueError("cache_frozen: every layer is frozen, so there is nothing to train")
+                    if stop != cached:
+                        data = self._prefix_outputs(X, stop) if stop else X
+                        cached = stop
                 order = (np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n))
                 bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{last_epoch}", verbose)
                 t0 = time.perf_counter()
                 loss_sum, correct = 0.0, 0
                 for s in range(0, n, batch_size):
                     idx = order[s:s + batch_size]
-                    ws = self._workspace(len(idx))
-                    np.take(X, idx, axis=0, out=ws.x)
+                    ws = self._workspace(len(idx), cached)
+                    np.take(data, idx, axis=0, out=ws.x)
                     if ws.y is None or ws.y.shape[1:] != y.shape[1:] or ws.y.dtype != y.dtype:
                         ws.y = np.empty((len(idx),) + y.shape[1:], y.dtype)
                     yb = np.take(y, idx, axis=0, out=ws.y)
@@ -590,11 +805,19 @@ class Sequential:
         ``(in, out)``."""
         return {name: self._entry(kind, off, shape).copy() for name, kind, off, shape in self._names}
 
-    def load_state_dict(self, state, convert_dtype=False):
+    def load_state_dict(self, state, convert_dtype=False, layout="fastwb"):
         """Set every parameter and buffer from ``state`` (the names of
         :meth:`state_dict`).  A missing, extra or misshapen entry is a ValueError
         naming it; an entry of another float dtype is one too unless
-        ``convert_dtype``.  Nothing changes unless everything fits."""
+        ``convert_dtype``.  Nothing changes unless everything fits.
+
+        ``layout="torch"`` takes a PyTorch ``state_dict`` (tensors or arrays,
+        Linear weights ``(out, in)``): see :func:`fastwb.nn.interop.from_torch_state`."""
+        if layout == "torch":
+            from fastwb.nn import interop
+            state = interop.from_torch_state(self, state)
+        elif layout != "fastwb":
+            raise ValueError(f"layout must be 'fastwb' or 'torch', got {layout!r}")
         names = [n for n, *_ in self._names]
         missing = [n for n in names if n not in state]
         extra = [n for n in state if n not in names]
@@ -623,7 +846,8 @@ class Sequential:
         """The model's layer specification (JSON-serialisable)."""
         return {"layers": [{"type": type(layer).__name__, **layer.config()} for layer in self.layers],
                 "dtype": self.dtype.name, "in_features": self.in_features, "loss": self.loss.name,
-                "seed": self.seed, "step_count": self.step_count, "epochs_done": self.epochs_done}
+                "seed": self.seed, "step_count": self.step_count, "epochs_done": self.epochs_done,
+                "frozen": sorted(self.frozen), "groups": self.groups}
 
     def save(self, path, with_optimizer=False):
         """Write a v2 checkpoint to exactly ``path``, atomically: the layer
@@ -635,7 +859,8 @@ class Sequential:
         if with_optimizer and self.optimizer is not None:
             sd = self.optimizer.state_dict()
             hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in sd["hyper"].items()}
-            fields["optimizer"] = np.array(json.dumps({"name": sd["optimizer"], "hyper": hyper, "step": sd["step"]}))
+            fields["optimizer"] = np.array(json.dumps({"name": sd["optimizer"], "hyper": hyper, "step": sd["step"],
+                                                       "groups": sd["groups"], "units": sd["units"]}))
             for k, v in sd["state"][0].items():
                 fields[f"optimizer_{k}"] = v
             if sd["masks"][0] is not None:
@@ -655,6 +880,7 @@ class Sequential:
         other.num_batches_tracked[...] = self.num_batches_tracked
         other.loss, other.seed, other.step_count, other.epochs_done = self.loss, self.seed, self.step_count, self.epochs_done
         other.training = self.training
+        other.frozen, other.groups = set(self.frozen), _copy.deepcopy(self.groups)
         if self.masks is not None:
             other.masks = [m.copy() for m in self.masks]
         if self.optimizer is not None:
@@ -669,6 +895,23 @@ class Sequential:
 
     def __deepcopy__(self, memo):
         return self.copy()
+
+    # -- interoperability and deployment ------------------------------------------------------
+    def to_torch(self):
+        """The same network as a ``torch.nn.Sequential`` (see :func:`fastwb.nn.interop.to_torch`)."""
+        from fastwb.nn import interop
+        return interop.to_torch(self)
+
+    def fuse(self):
+        """An inference copy with every BatchNorm1d folded into the Linear before it
+        (see :func:`fastwb.nn.deploy.fuse`)."""
+        from fastwb.nn import deploy
+        return deploy.fuse(self)
+
+    def export_onnx(self, path, **options):
+        """Write the network as an ONNX model (see :func:`fastwb.nn.deploy.export_onnx`)."""
+        from fastwb.nn import deploy
+        return deploy.export_onnx(self, path, **options)
 
     def __repr__(self):
         inner = ",\n  ".join(f"({i}): {layer!r}" for i, layer in enumerate(self.layers))
@@ -725,6 +968,19 @@ def load(path):
         model.seed = check_int("seed", spec.get("seed", 0), 0)
         model.step_count = check_int("step_count", spec.get("step_count", 0), 0)
         model.epochs_done = check_int("epochs_done", spec.get("epochs_done", 0), 0)
+        try:
+            frozen, groups = spec.get("frozen", []), spec.get("groups", {})
+            if not isinstance(frozen, list) or not isinstance(groups, dict):
+                raise TypeError("frozen must be a list and groups a dict")
+            if frozen:
+                model.freeze(*frozen)
+            for pattern, g in groups.items():
+                model._match([pattern], "groups", params_only=True)
+                if not isinstance(g, dict):
+                    raise TypeError(f"group {pattern!r} is not a dict")
+            model.groups = groups
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{npz.name}: bad frozen parameters or groups ({e})") from None
         if "optimizer" in npz.members:
             info = json.loads(str(npz.read("optimizer", max_bytes=_SPEC_BYTES)))
             name = info.get("name", "")
@@ -737,7 +993,7 @@ def load(path):
             hyper = {k: tuple(v) if isinstance(v, list) else v for k, v in info.get("hyper", {}).items()}
             mask = npz.read("optimizer_mask") if "optimizer_mask" in npz.members else None
             opt.load_state_dict({"optimizer": name, "hyper": hyper, "step": info.get("step"), "state": [state],
-                                 "masks": [mask]})
+                                 "masks": [mask], "groups": info.get("groups", []), "units": info.get("units")})
             model.optimizer = opt
             if mask is not None:            # pruning goes on growing from the saved masks
                 model.masks = model._masks_from_flat(opt.masks[0])
