@@ -83,3 +83,20 @@ def _restore_thread_count():
     before = _runtime._threads.max_threads()
     yield
     _runtime._threads.set_max_threads(before)
+
+
+def real_folder(env, default, title, where):
+    """The folder of a real IDX data set (the environment variable ``env``, else
+    ``default``); the test skips, naming both, where its files are absent."""
+    folder = os.environ.get(env) or default
+    if not any(os.path.exists(os.path.join(folder, "train-images-idx3-ubyte" + gz)) for gz in ("", ".gz")):
+        pytest.skip(f"{title} IDX files not found (set {env} or {where})")
+    return folder
+
+
+@pytest.fixture
+def mnist_folder():
+    """The real MNIST: FASTWB_MNIST, else ../shared/data/mnist beside the checkout."""
+    from fastwb import datasets
+    default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "mnist")
+    return real_folder(datasets.MNIST_ENV, default, "MNIST", "put them in ../shared/data/mnist")

@@ -30,6 +30,8 @@ from hypothesis import strategies as st
 import fastwb
 from fastwb import _io, datasets
 
+from conftest import real_folder
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAST = 2.0          # seconds a hostile file may cost, generously (typical: milliseconds)
 SMALL = 4 << 20     # bytes of memory a hostile file of a few KB may cost (typical: tens of KB)
@@ -599,22 +601,9 @@ def test_missing_folders_name_the_data_set(tmp_path, monkeypatch):
     assert len(datasets.load("fashion-mnist")) == 4
 
 
-def _real_folder(env, default, title, where):
-    folder = os.environ.get(env) or default
-    if not any(os.path.exists(os.path.join(folder, "train-images-idx3-ubyte" + gz)) for gz in ("", ".gz")):
-        pytest.skip(f"{title} IDX files not found (set {env} or {where})")
-    return folder
-
-
-@pytest.fixture
-def mnist_folder():
-    default = os.path.join(HERE, "..", "..", "shared", "data", "mnist")
-    return _real_folder(datasets.MNIST_ENV, default, "MNIST", "put them in ../shared/data/mnist")
-
-
 @pytest.fixture
 def fashion_folder():
-    return _real_folder(datasets.FASHION_MNIST_ENV, datasets.DEBIAN_FASHION_MNIST, "Fashion-MNIST",
+    return real_folder(datasets.FASHION_MNIST_ENV, datasets.DEBIAN_FASHION_MNIST, "Fashion-MNIST",
                         "apt-get install dataset-fashion-mnist")
 
 

@@ -465,3 +465,13 @@ def test_train_in_torch_finetune_in_fastwb_and_back(dtype):
     back[3].p = 0.0
     model.layers[3].p = 0.0
     train_mode_check(model.train(), back, X[:32], y[:32], dtype)
+
+
+def test_requires_grad_maps_to_frozen_and_back():
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    for p in list(net[0].parameters()) + [net[1].weight]:
+        p.requires_grad_(False)
+    model = nn.from_torch(net)
+    assert model.frozen == {"0.weight", "0.bias", "1.weight"}
+    back = model.to_torch()
+    assert [n for n, p in back.named_parameters() if not p.requires_grad] == ["0.weight", "0.bias", "1.weight"]

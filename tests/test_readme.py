@@ -27,7 +27,8 @@ from fastwb import datasets
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 # text in a block -> (module it needs, how to install it)
-NEEDS = {"visualize_weights": ("matplotlib", 'pip install "fastwb[plots]"')}
+NEEDS = {"visualize_weights": ("matplotlib", 'pip install "fastwb[plots]"'),
+         "import torch": ("torch", "pip install torch")}
 
 
 def python_blocks(text):

@@ -233,6 +233,22 @@ def test_replace_keeps_everything_else_bit_for_bit(how):
     assert m.logits(X).shape == (X.shape[0], 3)
 
 
+def test_replace_is_reproducible():
+    """Without rng the new layer's weights come from the model's seed, position and step:
+    the same in every run (and another seed for another position or step)."""
+    a, b = _trained(), _trained()
+    a[-1], b[-1] = nn.Linear(8, 3), nn.Linear(8, 3)
+    assert _bits(a.W[-1]) == _bits(b.W[-1])
+    b.step_count += 1
+    b[-1] = nn.Linear(8, 3)
+    assert _bits(a.W[-1]) != _bits(b.W[-1])
+    c = _trained()
+    c.replace(-1, nn.Linear(8, 3), rng=7)
+    d = _trained()
+    d.replace(-1, nn.Linear(8, 3), rng=7)
+    assert _bits(c.W[-1]) == _bits(d.W[-1]) != _bits(a.W[-1])
+
+
 def test_replace_errors():
     m = _model()
     with pytest.raises(ValueError, match="layer sizes do not match"):

@@ -41,7 +41,7 @@ __all__ = ["fuse", "eval_ops", "onnx_model", "onnx_bytes", "export_onnx", "MIN_O
 #: the lowest ONNX opset written (BatchNormalization-15, LeakyRelu-16, Softmax-13 on the last axis)
 MIN_OPSET = 17
 #: the message of the ImportError raised where the ``onnx`` package is missing
-ONNX_MISSING = "ONNX export needs the onnx package: pip install onnx"
+ONNX_MISSING = "ONNX export needs the onnx package: pip install onnx (or pip install \"fastwb[onnx]\")"
 
 
 # -- the eval-mode computation ----------------------------------------------------------------

@@ -73,7 +73,9 @@ def from_torch(module, in_features=None, rng=None):
     BatchNorm1d's affine parameters, running statistics and
     ``num_batches_tracked``, its ``eps``, ``momentum`` (``None`` too),
     ``affine`` and ``track_running_stats``, Dropout's ``p``, LeakyReLU's
-    ``negative_slope``, and the module's training mode.  ``Flatten`` with its
+    ``negative_slope``, and the module's training mode; a parameter with
+    ``requires_grad=False`` is frozen (:meth:`Sequential.freeze`), and
+    :func:`to_torch` gives frozen parameters ``requires_grad=False``.  ``Flatten`` with its
     default dims (a no-op on ``(n, features)`` inputs) and ``Identity`` become
     :class:`~fastwb.nn.Identity`.  The model's dtype is that of the
     parameters and buffers (float32 or float64, all one; float32 when there
@@ -175,6 +177,9 @@ def from_torch(module, in_features=None, rng=None):
     model = Sequential(*layers, dtype=np_dtype, in_features=in_features, rng=rng)
     model.load_state_dict(state)
     model.train(training)
+    frozen = [name for name, t in module.named_parameters() if not t.requires_grad]
+    if frozen:          # requires_grad=False: frozen in fastwb
+        model.freeze(*frozen)
     return model
 
 
@@ -215,6 +220,8 @@ def to_torch(model):
                 if kind is Linear and name == "weight":
                     v = v.T
                 t.copy_(torch.from_numpy(np.array(v, order="C")))      # (ascontiguousarray makes 0-d 1-d)
+                if isinstance(t, tnn.Parameter) and f"{i}.{name}" in model.frozen:
+                    t.requires_grad_(False)
         modules.append(m)
     net = tnn.Sequential(*modules)
     net.train(model.training)

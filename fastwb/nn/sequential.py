@@ -211,7 +211,9 @@ class Sequential:
     def replace(self, index, layer, rng=None):
         """Put ``layer`` (a new layer, initialised from ``rng``) at position
         ``index`` (negative counts from the end), for a new head: ``model[-1] =
-        nn.Linear(256, 5)``.  The flat buffers are laid out again; every other
+        nn.Linear(256, 5)``.  ``rng``: a seed or Generator; by default one
+        derived from the model's seed, ``index`` and step count, so that a
+        script gives the same weights each run.  The flat buffers are laid out again; every other
         parameter, buffer, pruning mask, frozen flag and the optimizer's state
         and step counts are kept bit for bit, and the new layer's parameters
         start with fresh optimizer state.  Widths are checked as at
@@ -227,6 +229,8 @@ class Sequential:
         layers = list(self.layers)
         layers[i] = layer
         fixed = any(la.in_features() is not None for la in layers)
+        if rng is None:
+            rng = np.random.default_rng([self.seed, i, self.step_count])
         new = Sequential(*layers, dtype=self.dtype, rng=rng, in_features=None if fixed else self.in_features)
         self._transplant(new, replaced=i)
         return self
