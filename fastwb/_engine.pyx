@@ -483,15 +483,44 @@ cdef class Plan:
             if not tiled:
                 _bind_x(self, X)
             if self.f64:
-                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, tiled, <double>0)
+                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, tiled, False,
+                                       <double>0)
             else:
-                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, tiled, <float>0)
+                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, tiled, False,
+                                       <float>0)
         finally:
             blas_exit()
             _release_x(self, X)
         if used >= 0:
             _chooser_observe(&self.choose_step, used, fwb_engine_now() - t0)
         return loss
+
+    def backward_from(self, X, G, bint training, unsigned long long step, bint weights=False):
+        """Forward, then backward from the output gradient G (n, w_last) instead of
+        a loss's: the input gradient into stage 0's grad_in, and the parameter
+        gradients of sum(G * output) when `weights`.  G is copied first (it may
+        be any array of the plan's dtype and shape)."""
+        if self.forward_only:
+            raise RuntimeError("a forward-only plan has no backward pass")
+        _check_x(self, X)
+        G = np.asarray(G)
+        if G.dtype != self.grad_out.dtype or G.shape != self.grad_out.shape:
+            raise ValueError(f"the output gradient must be {self.grad_out.dtype}{self.grad_out.shape}, "
+                             f"got {G.dtype}{G.shape}")
+        self.grad_out[...] = G
+        cdef bint tiled
+        blas_enter()
+        try:
+            tiled = ready()
+            if not tiled:
+                _bind_x(self, X)
+            if self.f64:
+                _plan_gradients(self, X, None, training, step, weights, True, tiled, True, <double>0)
+            else:
+                _plan_gradients(self, X, None, training, step, weights, True, tiled, True, <float>0)
+        finally:
+            blas_exit()
+            _release_x(self, X)
 
     @property
     def choice(self):
@@ -662,7 +691,8 @@ cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step
 
 
 cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned long long step, bint weights,
-                            bint input_gradient, bint tiled, floating kind):
+                            bint input_gradient, bint tiled, bint seeded, floating kind):
+    # seeded: grad_out already holds the output gradient (no loss; returns 0)
     cdef _PlanStage s, prev
     cdef Py_ssize_t k, n = P.n, m = P.w_last, size
     cdef double loss, p
@@ -673,7 +703,7 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
     cdef const floating *z
     cdef floating *grad
     cdef double *row_loss = <double *>_data(P.row_loss)
-    cdef const void *target = _data(y)
+    cdef const void *target = _data(y) if y is not None else NULL
     cdef bint batch_stats, fused = False, fuse, train_w
     cdef Epilogue epi
     # stages before the first trained one need no backward pass, unless the input's gradient is wanted
@@ -681,8 +711,11 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
     _plan_forward(P, X, training, step, tiled, kind)
     z = <const floating *>(<_PlanStage>P.stages[P.L - 1]).p_out
     grad = <floating *>_data(P.grad_out)
+    loss = 0.0
     with nogil:
-        if P.loss_kind == _XENT:
+        if seeded:
+            pass
+        elif P.loss_kind == _XENT:
             loss = xent_2d(z, <const Py_ssize_t *>target, grad, row_loss, n, m, _nt(P, P.nt_loss))
         elif P.loss_kind == _MSE:
             loss = mse_2d(z, <const floating *>target, grad, row_loss, n, m, _nt(P, P.nt_loss))

@@ -147,8 +147,13 @@ class BatchNorm1d(Layer):
     normalise.  A training batch of one row is a ValueError.  (Keras'
     ``momentum`` is the opposite weight, ``1 - momentum`` here.)
 
-    A frozen BatchNorm1d keeps using its running statistics (see the
-    transfer-learning features)."""
+    Frozen (``model.freeze("1.*")``, or its ``running_mean``), a BatchNorm1d
+    normalises by its running statistics in training mode too and does not
+    update them or ``num_batches_tracked``: the behaviour of Keras'
+    ``trainable = False``.  PyTorch does otherwise: a BatchNorm1d whose
+    parameters have ``requires_grad=False`` still normalises by batch
+    statistics and updates its running statistics in training mode (call
+    ``.eval()`` on it there for the same effect)."""
 
     buffer_names = ("running_mean", "running_var")
 

@@ -554,6 +554,29 @@ class Sequential:
         return ws.grad_in[0].copy()
 
     @trains
+    def output_gradient(self, X, G, training=False):
+        r"""The gradient with respect to X of :math:`\sum_{ij} G_{ij} f(X)_{ij}`, ``f``
+        the network's output (before any softmax or sigmoid): the
+        vector-Jacobian product behind saliency maps (``G`` one-hot on a class
+        gives each row's :math:`\partial f_c / \partial x`).  One compiled
+        forward and an input-gradient-only backward (no weight gradient), in
+        eval mode unless ``training``; nothing in the model changes.  ``G``:
+        ``(n, out_features)``, converted to the model's dtype."""
+        X = self._check_x(X)
+        _nonempty(X)
+        G = np.asarray(G)
+        if G.shape != (X.shape[0], self.out_features):
+            raise ValueError(f"G must have shape {(X.shape[0], self.out_features)} (one row per row of X), "
+                             f"got {G.shape}")
+        if G.dtype.kind not in "fiub":
+            raise TypeError(f"G must be a numeric array, got dtype {G.dtype}")
+        ws = self._workspace(X.shape[0])
+        self._check_rows(X.shape[0], training)
+        with self._buffers_kept(training):
+            ws.plan.backward_from(X, G.astype(self.dtype, copy=False), training, self.step_count)
+        return ws.grad_in[0].copy()
+
+    @trains
     def fit(self, X, y, epochs=5, batch_size=128, optimizer=None, shuffle=True, validation_data=None, rng=None,
             prune_schedule=None, prune_scope="global", verbose=True, callbacks=(), cache_frozen=False):
         """Train for ``epochs`` passes over (X, y) in mini-batches, in training mode.
