@@ -402,10 +402,17 @@ class Units:
     """Consecutive units of one parameter array: each unit's size, group,
     frozen flag and step count (see :meth:`Optimizer.set_units`)."""
 
-    __slots__ = ("bounds", "group", "frozen", "steps")
+    __slots__ = ("bounds", "group", "frozen", "steps", "_runs")
 
     def __init__(self, bounds, group, frozen, steps):
         self.bounds, self.group, self.frozen, self.steps = bounds, group, frozen, steps
+        self._runs = None       # advance's ranges per (group, step), made once: every step adds 1 to all
+
+    def __getstate__(self):
+        return (self.bounds, self.group, self.frozen, self.steps)
+
+    def __setstate__(self, state):
+        self.__init__(*state)
 
     @classmethod
     def checked(cls, total, sizes, group, frozen, steps, n_groups, what="units"):
@@ -449,6 +456,9 @@ class Units:
         elements)`` for each distinct (group, step), adjacent units merged."""
         live = ~self.frozen
         self.steps[live] += 1
+        if self._runs is not None:          # the same ranges; each (group, step) one step further
+            self._runs = [(seg, g, step + 1, size) for seg, g, step, size in self._runs]
+            return self._runs
         runs = {}
         for j in np.flatnonzero(live):
             lo, hi = int(self.bounds[j]), int(self.bounds[j + 1])
@@ -459,7 +469,8 @@ class Units:
                 ranges[-1][1] = hi
             else:
                 ranges.append([lo, hi])
-        return [(np.array(r, np.intp), g, step, sum(b - a for a, b in r)) for (g, step), r in runs.items()]
+        self._runs = [(np.array(r, np.intp), g, step, sum(b - a for a, b in r)) for (g, step), r in runs.items()]
+        return self._runs
 
 
 def _sequence(values, what, name):

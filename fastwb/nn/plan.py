@@ -153,6 +153,7 @@ class Workspace:
         self.nt_loss = model.loss.threads(n * w_last, most)
         self.x = np.empty((n, w_first), dt) if training else None     # fit's gathered batch
         self.y = None                                                             # fit's gathered targets
+        self.adv = None         # adversarial training: (x_adv, clean gradients), made at its first step
         # the compiled forward pass and step over these arrays (forward only for inference)
         self.plan = _engine.Plan(_stage_dicts(model, self), self.grad_out, self.row_loss, model.loss.name,
                                  self.nt_loss, model.num_batches_tracked, pinned_x=self.x, threads=call_threads)

@@ -39,7 +39,7 @@ import numpy as np
 from fastwb import _io, functional, init, optim, prune
 from fastwb import _losses as _losses_kernels
 from fastwb._runtime import GRAIN_COMPUTE, plan_threads
-from fastwb._validate import FLOAT_DTYPES, check_int
+from fastwb._validate import FLOAT_DTYPES, check_int, check_real
 from fastwb.nn import losses as _losses
 from fastwb.nn.layers import BatchNorm1d, Layer, Linear, layer_from_config
 from fastwb.nn.plan import MODELS, TRAIN_SIZES, Workspace, WorkspacePool, stages, trains
@@ -541,6 +541,54 @@ class Sequential:
         self.step_count += 1
         return loss
 
+    def _adversarial_step(self, X, y, ws, adv):
+        """One step on ``(1 - ratio) * loss(x) + ratio * loss(x_adv)``, x_adv the FGSM
+        example of x made with this step's weights (in training mode, as the rest
+        of the step): the clean pass gives its weight gradients and the input
+        gradient at once, then the adversarial pass; returns (loss, clean correct)."""
+        from fastwb import adversarial
+        ratio = adv["ratio"]
+        clean = ratio < 1.0
+        loss_c = self._gradients(X, y, ws, weights=clean, input_gradient=True)
+        correct = (int(np.count_nonzero(np.argmax(ws.out[-1], axis=1) == y))
+                   if self.loss.classification else 0)
+        if ws.adv is None:
+            ws.adv = (np.empty_like(X), np.empty_like(self.grads))
+        x_adv, g_clean = ws.adv
+        adversarial.perturb(X, ws.grad_in[0], adv["eps"], adv["clip"], out=x_adv)
+        if clean:
+            np.multiply(self.grads, 1.0 - ratio, out=g_clean)
+        loss_a = self._gradients(x_adv, y, ws)
+        if clean:
+            self.grads *= ratio
+            self.grads += g_clean
+        self.optimizer._apply([self.grads])
+        self.step_count += 1
+        return (1.0 - ratio) * loss_c + ratio * loss_a, correct
+
+    def _adversarial_options(self, adversarial):
+        """fit's ``adversarial`` argument, checked: {"attack", "eps", "ratio", "clip"}."""
+        if not isinstance(adversarial, dict):
+            raise TypeError(f"adversarial must be a dict such as dict(attack='fgsm', eps=0.1, ratio=0.5), "
+                            f"got {type(adversarial).__name__}")
+        unknown = sorted(set(adversarial) - {"attack", "eps", "ratio", "clip"})
+        if unknown:
+            raise ValueError(f"adversarial: unknown option {', '.join(unknown)} (attack, eps, ratio, clip)")
+        if adversarial.get("attack", "fgsm") != "fgsm":
+            raise ValueError(f"adversarial: attack must be 'fgsm', got {adversarial['attack']!r}")
+        eps = check_real("adversarial eps", adversarial.get("eps", 0.1), minimum=0.0)
+        ratio = check_real("adversarial ratio", adversarial.get("ratio", 0.5), 0.0, 1.0)
+        clip = adversarial.get("clip", (0.0, 1.0))
+        if clip is not None:
+            try:
+                lo, hi = (check_real("adversarial clip", v) for v in clip)
+            except TypeError:
+                raise TypeError(f"adversarial clip must be a pair (lo, hi) or None, got {clip!r}") from None
+            if lo > hi:
+                raise ValueError(f"adversarial clip: lo {lo} is above hi {hi}")
+            clip = (lo, hi)
+        return {"attack": "fgsm", "eps": eps, "ratio": ratio, "clip": clip}
+
     @trains
     def input_gradient(self, X, y, training=False):
         """Gradient of the mean loss with respect to X (for saliency maps and
@@ -578,7 +626,8 @@ class Sequential:
 
     @trains
     def fit(self, X, y, epochs=5, batch_size=128, optimizer=None, shuffle=True, validation_data=None, rng=None,
-            prune_schedule=None, prune_scope="global", verbose=True, callbacks=(), cache_frozen=False):
+            prune_schedule=None, prune_scope="global", verbose=True, callbacks=(), cache_frozen=False,
+            adversarial=None):
         """Train for ``epochs`` passes over (X, y) in mini-batches, in training mode.
 
         ``epochs`` and ``batch_size`` are integers >= 1.  ``optimizer``: None
@@ -604,6 +653,14 @@ class Sequential:
         the steps run only the layers after them.  The results equal those of
         uncached training up to the rounding of the cached GEMMs (computed in
         other row blocks).  Without such a prefix it changes nothing.
+
+        ``adversarial``: adversarial training (Goodfellow et al. 2015),
+        ``dict(attack="fgsm", eps=0.1, ratio=0.5, clip=(0, 1))``: each batch
+        trains on ``(1 - ratio) * loss(x) + ratio * loss(x_adv)``, ``x_adv =
+        clip(x + eps * sign(grad_x loss))`` made inside the step with the
+        current weights (training mode).  The clean pass gives its weight
+        gradients and the input gradient together; BatchNorm's running
+        statistics see both passes.  The training accuracy is the clean one.
 
         Returns the history dict: per epoch ``loss``, the loss's metric
         (``accuracy``, ``r2`` or ``binary_accuracy``), ``val_*`` of both with
@@ -633,6 +690,10 @@ class Sequential:
             raise ValueError(f"{n} rows in batches of {batch_size} leave a last batch of one row, which "
                              "BatchNorm1d cannot normalise on batch statistics; choose another batch_size")
         schedule = prune.schedule_for(prune_schedule, epochs * steps_per_epoch)
+        if adversarial is not None:
+            adversarial = self._adversarial_options(adversarial)
+            if cache_frozen:
+                raise ValueError("adversarial training perturbs the input, so cache_frozen cannot be used with it")
         callbacks = list(callbacks)
         self.stop_training = False
         for cb in callbacks:
@@ -672,10 +733,14 @@ class Sequential:
                         if current_sparsity is None or target > current_sparsity:
                             self.prune(target, prune_scope)
                             current_sparsity = target
-                    loss = self._step(ws.x, yb, ws)
+                    if adversarial is None:
+                        loss = self._step(ws.x, yb, ws)
+                        if self.loss.classification:
+                            correct += int(np.count_nonzero(np.argmax(ws.out[-1], axis=1) == yb))
+                    else:
+                        loss, right = self._adversarial_step(ws.x, yb, ws, adversarial)
+                        correct += right
                     loss_sum += loss * len(idx)
-                    if self.loss.classification:
-                        correct += int(np.count_nonzero(np.argmax(ws.out[-1], axis=1) == yb))
                     bar.update(loss)
                 seconds = time.perf_counter() - t0
                 logs = {"loss": loss_sum / n}
