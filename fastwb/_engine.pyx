@@ -474,26 +474,7 @@ cdef class Plan:
             raise RuntimeError("a forward-only plan has no backward pass")
         _check_x(self, X)
         _check_y(self, y)
-        cdef int used = _set_limit(self, &self.choose_step)
-        cdef double t0 = fwb_engine_now(), loss
-        cdef bint tiled
-        blas_enter()
-        try:
-            tiled = ready()
-            if not tiled:
-                _bind_x(self, X)
-            if self.f64:
-                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, tiled, False,
-                                       <double>0)
-            else:
-                loss = _plan_gradients(self, X, y, training, step, weights, input_gradient, tiled, False,
-                                       <float>0)
-        finally:
-            blas_exit()
-            _release_x(self, X)
-        if used >= 0:
-            _chooser_observe(&self.choose_step, used, fwb_engine_now() - t0)
-        return loss
+        return _run_backward(self, X, y, training, step, weights, input_gradient, False)
 
     def backward_from(self, X, G, bint training, unsigned long long step, bint weights=False):
         """Forward, then backward from the output gradient G (n, w_last) instead of
@@ -508,19 +489,7 @@ cdef class Plan:
             raise ValueError(f"the output gradient must be {self.grad_out.dtype}{self.grad_out.shape}, "
                              f"got {G.dtype}{G.shape}")
         self.grad_out[...] = G
-        cdef bint tiled
-        blas_enter()
-        try:
-            tiled = ready()
-            if not tiled:
-                _bind_x(self, X)
-            if self.f64:
-                _plan_gradients(self, X, None, training, step, weights, True, tiled, True, <double>0)
-            else:
-                _plan_gradients(self, X, None, training, step, weights, True, tiled, True, <float>0)
-        finally:
-            blas_exit()
-            _release_x(self, X)
+        _run_backward(self, X, None, training, step, weights, True, True)
 
     @property
     def choice(self):
@@ -536,6 +505,30 @@ cdef class Plan:
     def _observe(self, str which, int used, double seconds):
         """Feed one call's time, run with choice `used`, to a chooser (tests of the rule)."""
         _chooser_observe(&self.choose_fwd if which == "forward" else &self.choose_step, used, seconds)
+
+
+cdef double _run_backward(Plan P, object X, object y, bint training, unsigned long long step, bint weights,
+                          bint input_gradient, bint seeded) except? -1.0:
+    """A checked training call: this call's thread limit, the BLAS pool held at one
+    thread, the tiled or np.dot path, and the step's time for the thread choice."""
+    cdef int used = _set_limit(P, &P.choose_step)
+    cdef double t0 = fwb_engine_now(), loss
+    cdef bint tiled
+    blas_enter()
+    try:
+        tiled = ready()
+        if not tiled:
+            _bind_x(P, X)
+        if P.f64:
+            loss = _plan_gradients(P, X, y, training, step, weights, input_gradient, tiled, seeded, <double>0)
+        else:
+            loss = _plan_gradients(P, X, y, training, step, weights, input_gradient, tiled, seeded, <float>0)
+    finally:
+        blas_exit()
+        _release_x(P, X)
+    if used >= 0:
+        _chooser_observe(&P.choose_step, used, fwb_engine_now() - t0)
+    return loss
 
 
 cdef inline bint _is_block(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols):
