@@ -474,13 +474,16 @@ cdef class Plan:
             raise RuntimeError("a forward-only plan has no backward pass")
         _check_x(self, X)
         _check_y(self, y)
-        return _run_backward(self, X, y, training, step, weights, input_gradient, False)
+        return _run_backward(self, X, y, training, step, weights, input_gradient, False, True)
 
-    def backward_from(self, X, G, bint training, unsigned long long step, bint weights=False):
+    def backward_from(self, X, G, bint training, unsigned long long step, bint weights=False,
+                      bint forward=True):
         """Forward, then backward from the output gradient G (n, w_last) instead of
         a loss's: the input gradient into stage 0's grad_in, and the parameter
         gradients of sum(G * output) when `weights`.  G is copied first (it may
-        be any array of the plan's dtype and shape)."""
+        be any array of the plan's dtype and shape; the plan's last output too).
+        `forward=False`: the caller has just run forward(X, training, step) on
+        this plan, and its stage outputs are used as they are."""
         if self.forward_only:
             raise RuntimeError("a forward-only plan has no backward pass")
         _check_x(self, X)
@@ -489,7 +492,7 @@ cdef class Plan:
             raise ValueError(f"the output gradient must be {self.grad_out.dtype}{self.grad_out.shape}, "
                              f"got {G.dtype}{G.shape}")
         self.grad_out[...] = G
-        _run_backward(self, X, None, training, step, weights, True, True)
+        _run_backward(self, X, None, training, step, weights, True, True, forward)
 
     @property
     def choice(self):
@@ -508,7 +511,7 @@ cdef class Plan:
 
 
 cdef double _run_backward(Plan P, object X, object y, bint training, unsigned long long step, bint weights,
-                          bint input_gradient, bint seeded) except? -1.0:
+                          bint input_gradient, bint seeded, bint forward) except? -1.0:
     """A checked training call: this call's thread limit, the BLAS pool held at one
     thread, the tiled or np.dot path, and the step's time for the thread choice."""
     cdef int used = _set_limit(P, &P.choose_step)
@@ -520,9 +523,11 @@ cdef double _run_backward(Plan P, object X, object y, bint training, unsigned lo
         if not tiled:
             _bind_x(P, X)
         if P.f64:
-            loss = _plan_gradients(P, X, y, training, step, weights, input_gradient, tiled, seeded, <double>0)
+            loss = _plan_gradients(P, X, y, training, step, weights, input_gradient, tiled, seeded, forward,
+                                   <double>0)
         else:
-            loss = _plan_gradients(P, X, y, training, step, weights, input_gradient, tiled, seeded, <float>0)
+            loss = _plan_gradients(P, X, y, training, step, weights, input_gradient, tiled, seeded, forward,
+                                   <float>0)
     finally:
         blas_exit()
         _release_x(P, X)
@@ -684,8 +689,9 @@ cdef void _plan_forward(Plan P, object X, bint training, unsigned long long step
 
 
 cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned long long step, bint weights,
-                            bint input_gradient, bint tiled, bint seeded, floating kind):
-    # seeded: grad_out already holds the output gradient (no loss; returns 0)
+                            bint input_gradient, bint tiled, bint seeded, bint forward, floating kind):
+    # seeded: grad_out already holds the output gradient (no loss; returns 0);
+    # forward False: the stage outputs are those of the forward call just made
     cdef _PlanStage s, prev
     cdef Py_ssize_t k, n = P.n, m = P.w_last, size
     cdef double loss, p
@@ -701,7 +707,8 @@ cdef double _plan_gradients(Plan P, object X, object y, bint training, unsigned 
     cdef Epilogue epi
     # stages before the first trained one need no backward pass, unless the input's gradient is wanted
     cdef int stop = 0 if input_gradient else P.first_live
-    _plan_forward(P, X, training, step, tiled, kind)
+    if forward:
+        _plan_forward(P, X, training, step, tiled, kind)
     z = <const floating *>(<_PlanStage>P.stages[P.L - 1]).p_out
     grad = <floating *>_data(P.grad_out)
     loss = 0.0

@@ -49,3 +49,27 @@ def test_output_gradient_checks_its_arguments():
         model.output_gradient(X, np.array([["a"] * 5] * 3))
     with pytest.raises(ValueError, match="at least 2 rows"):
         model.output_gradient(X[:1], np.zeros((1, 5)), training=True)
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("name", ["two_bn", "bn_tanh_dropout_last", "act_dropout_stage"])
+def test_callable_g_uses_one_forward_pass(name, training):
+    """G as a function of the output: the same gradient as G given, from the same output."""
+    model = _build(name, "float64")
+    r = np.random.default_rng(2)
+    X = r.standard_normal((5, model.in_features))
+    before = model.state_dict()
+    seen = []
+
+    def G(out):
+        seen.append(out)
+        return np.eye(model.out_features)[np.argmax(out, axis=1)]
+
+    grad, out = model.output_gradient(X, G, training=training)
+    np.testing.assert_array_equal(out, seen[0])
+    want = model.output_gradient(X, G(out), training=training)
+    np.testing.assert_array_equal(grad, want)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    if not training:
+        np.testing.assert_array_equal(out, model.logits(X))

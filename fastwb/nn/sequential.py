@@ -609,20 +609,31 @@ class Sequential:
         gives each row's :math:`\partial f_c / \partial x`).  One compiled
         forward and an input-gradient-only backward (no weight gradient), in
         eval mode unless ``training``; nothing in the model changes.  ``G``:
-        ``(n, out_features)``, converted to the model's dtype."""
+        ``(n, out_features)``, converted to the model's dtype, or a function
+        of the output (a copy) giving it, for a G that depends on the output
+        (the predicted class, softmax derivatives): still one forward pass.
+        Returns the input gradient, or ``(input gradient, output)`` for a
+        callable ``G``."""
         X = self._check_x(X)
         _nonempty(X)
-        G = np.asarray(G)
-        if G.shape != (X.shape[0], self.out_features):
-            raise ValueError(f"G must have shape {(X.shape[0], self.out_features)} (one row per row of X), "
-                             f"got {G.shape}")
-        if G.dtype.kind not in "fiub":
-            raise TypeError(f"G must be a numeric array, got dtype {G.dtype}")
-        ws = self._workspace(X.shape[0])
-        self._check_rows(X.shape[0], training)
+        n = X.shape[0]
+        ws = self._workspace(n)
+        self._check_rows(n, training)
         with self._buffers_kept(training):
-            ws.plan.backward_from(X, G.astype(self.dtype, copy=False), training, self.step_count)
-        return ws.grad_in[0].copy()
+            out = None
+            if callable(G):
+                out = ws.plan.forward(X, training, self.step_count).copy()
+                G = G(out)
+            G = np.asarray(G)
+            if G.shape != (n, self.out_features):
+                raise ValueError(f"G must have shape {(n, self.out_features)} (one row per row of X), "
+                                 f"got {G.shape}")
+            if G.dtype.kind not in "fiub":
+                raise TypeError(f"G must be a numeric array, got dtype {G.dtype}")
+            ws.plan.backward_from(X, G.astype(self.dtype, copy=False), training, self.step_count,
+                                  forward=out is None)
+        grad = ws.grad_in[0].copy()
+        return grad if out is None else (grad, out)
 
     @trains
     def fit(self, X, y, epochs=5, batch_size=128, optimizer=None, shuffle=True, validation_data=None, rng=None,
