@@ -17,6 +17,10 @@ Public layer (start reading here):
   :mod:`fastwb.init` (initialisers), :mod:`fastwb.regularization`;
 * threads: :func:`set_num_threads`, :func:`get_num_threads`, :func:`threads`;
   :func:`show_config` reports the build, OpenMP runtime and BLAS.
+* features built on the engine, imported on first use (``fastwb.explain``
+  ...): :mod:`fastwb.explain` (saliency maps, attributions),
+  :mod:`fastwb.adversarial` (FGSM, PGD, robust accuracy),
+  :mod:`fastwb.ensemble` (deep ensembles, MC dropout, uncertainty).
 
 The compiled kernels live in the private ``fastwb._dense``, ``_losses``,
 ``_optim`` and ``_prune`` (Cython + OpenMP) over C helpers in ``csrc/``.
@@ -41,3 +45,14 @@ __all__ = [
     "plan_threads",
     "MLP",
 ] + functional.__all__ + [n for n in slides.__all__ if n not in functional.__all__]
+
+
+#: modules built on the engine, imported when first used as ``fastwb.<name>``
+FEATURES = ("explain", "adversarial", "ensemble")
+
+
+def __getattr__(name):
+    if name in FEATURES:
+        import importlib
+        return importlib.import_module(f"fastwb.{name}")
+    raise AttributeError(f"module 'fastwb' has no attribute {name!r}")

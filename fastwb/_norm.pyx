@@ -54,10 +54,11 @@ cdef void bn_forward_2d(const floating *x, floating *y, Py_ssize_t n, Py_ssize_t
                         unsigned long long step, int n_threads) noexcept nogil:
     """Batch-norm forward of x (n, m) into y (n, m) (y may be x; y NULL:
     statistics only).  training: batch statistics into mean/invstd (m,), the
-    running statistics (NULL: none) updated with `momentum`, dropout with
-    probability p (0: none); eval: mean/invstd from the running statistics,
-    which are only read.  gamma, beta may be NULL."""
-    cdef fwb_dropout_t d = fwb_dropout_make(p if training else 0.0, seed, step)
+    running statistics (NULL: none) updated with `momentum`; eval: mean/invstd
+    from the running statistics, which are only read.  Dropout with
+    probability p (0: none) in either (a frozen BatchNorm in training uses its
+    running statistics and keeps the dropout after it).  gamma, beta may be NULL."""
+    cdef fwb_dropout_t d = fwb_dropout_make(p, seed, step)
     cdef Py_ssize_t c0, c1, t
     if n_threads == 1:          # the same call, without opening an OpenMP region (~1 us)
         _bn_forward_cols(x, y, n, m, 0, m, mean, invstd, gamma, beta, running_mean, running_var, momentum, eps,
@@ -92,8 +93,8 @@ cdef void bn_backward_2d(const floating *g, const floating *x, floating *work, f
     """Batch-norm backward: dx (n, m), dgamma, dbeta (m,; NULL: not wanted)
     from the upstream gradient g of the fused forward pass.  work (n, m) holds
     dL/dz between the two passes in training (it may be dx or g); eval mode
-    makes one pass and does not touch it."""
-    cdef fwb_dropout_t d = fwb_dropout_make(p if training else 0.0, seed, step)
+    makes one pass and does not touch it.  Dropout p as in the forward pass."""
+    cdef fwb_dropout_t d = fwb_dropout_make(p, seed, step)
     cdef Py_ssize_t c0, c1, t
     if n_threads == 1:
         _bn_backward_cols(g, x, work, dx, n, m, 0, m, mean, invstd, gamma, beta, dgamma, dbeta, training, act,
@@ -188,12 +189,12 @@ def batch_norm(x, y, mean, invstd, gamma, beta, running_mean, running_var,
     with nogil:
         if f32:
             bn_forward_2d(<const float *>px, <float *>py, n, m, <float *>pmean, <float *>pinv, <const float *>pg,
-                          <const float *>pb, <float *>prm, <float *>prv, momentum, eps, training, act, alpha, p,
-                          seed, step, n_threads)
+                          <const float *>pb, <float *>prm, <float *>prv, momentum, eps, training, act, alpha,
+                          p if training else 0.0, seed, step, n_threads)
         else:
             bn_forward_2d(<const double *>px, <double *>py, n, m, <double *>pmean, <double *>pinv,
                           <const double *>pg, <const double *>pb, <double *>prm, <double *>prv, momentum, eps,
-                          training, act, alpha, p, seed, step, n_threads)
+                          training, act, alpha, p if training else 0.0, seed, step, n_threads)
 
 
 def batch_norm_backward(g, x, work, dx, mean, invstd, gamma, beta, dgamma, dbeta,
@@ -220,11 +221,13 @@ def batch_norm_backward(g, x, work, dx, mean, invstd, gamma, beta, dgamma, dbeta
         if f32:
             bn_backward_2d(<const float *>pgy, <const float *>px, <float *>pw, <float *>pdx, n, m,
                            <const float *>pmean, <const float *>pinv, <const float *>pg, <const float *>pb,
-                           <float *>pdg, <float *>pdb, training, act, alpha, p, seed, step, n_threads)
+                           <float *>pdg, <float *>pdb, training, act, alpha, p if training else 0.0, seed, step,
+                           n_threads)
         else:
             bn_backward_2d(<const double *>pgy, <const double *>px, <double *>pw, <double *>pdx, n, m,
                            <const double *>pmean, <const double *>pinv, <const double *>pg, <const double *>pb,
-                           <double *>pdg, <double *>pdb, training, act, alpha, p, seed, step, n_threads)
+                           <double *>pdg, <double *>pdb, training, act, alpha, p if training else 0.0, seed,
+                           step, n_threads)
 
 
 def dropout(x, y, double p, unsigned long long seed, unsigned long long step, int n_threads):

@@ -9,7 +9,15 @@ import math
 
 import numpy as np
 
-__all__ = ["visualize_weights"]
+__all__ = ["visualize_weights", "plot_reliability"]
+
+
+def _figure(what):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(f'{what} needs matplotlib: pip install "fastwb[plots]"') from None
+    return Figure
 
 
 def _layers(model):
@@ -37,10 +45,7 @@ def visualize_weights(model, n_images=25, bins=50):
     (the second deck): the last layer's weight matrix as an image with a
     colour bar, and the bias distribution of every layer.
     """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError('visualize_weights needs matplotlib: pip install "fastwb[plots]"') from None
+    Figure = _figure("visualize_weights")
     Ws, bs = _layers(model)
     fig = Figure(figsize=(15, 10))
     axes = fig.subplots(2, 2)
@@ -77,5 +82,34 @@ def visualize_weights(model, n_images=25, bins=50):
         ax.hist(np.ravel(b), bins=20, alpha=0.5, density=True, label=f"Layer {i + 1}")
     ax.set(title="Bias Distribution", xlabel="Bias Value", ylabel="Density")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(y, proba, n_bins=15):
+    """A matplotlib Figure of a reliability diagram: top, the accuracy of each of
+    ``n_bins`` equal-width confidence bins against the diagonal of perfect
+    calibration (the gap to it shaded), titled with the expected calibration
+    error; bottom, how many rows fall in each bin.  ``y``: class labels;
+    ``proba``: (n, classes) probabilities; the bins and checks are those of
+    :func:`fastwb.metrics.reliability_diagram`."""
+    from fastwb import metrics
+
+    Figure = _figure("plot_reliability")
+    d = metrics.reliability_diagram(y, proba, n_bins)
+    ece = metrics.expected_calibration_error(y, proba, n_bins)
+    edges, width = d["edges"], np.diff(d["edges"])
+    used = d["count"] > 0
+    fig = Figure(figsize=(6, 7))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(edges[:-1][used], d["accuracy"][used], width=width[used], align="edge", edgecolor="black",
+            color="tab:blue", label="accuracy")
+    top.bar(edges[:-1][used], (d["confidence"] - d["accuracy"])[used], bottom=d["accuracy"][used],
+            width=width[used], align="edge", color="tab:red", alpha=0.3, hatch="//", label="gap to confidence")
+    top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    top.set(ylim=(0, 1), ylabel="Accuracy", title=f"Reliability diagram (ECE {ece:.4f}, {n_bins} bins)")
+    top.legend(loc="upper left")
+    bottom.bar(edges[:-1], d["count"], width=width, align="edge", edgecolor="black", color="tab:gray")
+    bottom.set(xlim=(0, 1), xlabel="Confidence (largest probability)", ylabel="Count")
     fig.tight_layout()
     return fig

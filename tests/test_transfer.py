@@ -351,3 +351,27 @@ def test_cache_frozen_follows_an_unfreeze_and_needs_a_deterministic_prefix():
     for name in want:
         if name not in ("0.bias", "1.running_mean"):
             np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_frozen_batchnorm_keeps_the_dropout_after_it():
+    """BatchNorm -> ReLU -> Dropout with frozen statistics: the dropout still drops in
+    training (its mask changes with the step), on top of the running-statistics output."""
+    X, y = _data(n=64)
+    m = nn.Sequential(nn.Linear(12, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 4), rng=0)
+    m.compile("sgd", lr=0.1)
+    m.fit(X, y, epochs=1, batch_size=32, verbose=False)
+    m.freeze("1.*")
+    ws = m._workspace(64)
+    Xc = m._check_x(X)
+    outs = []
+    for step in (5, 6):
+        m.step_count = step
+        m._forward(Xc, ws, True)
+        outs.append(ws.out[1].copy())           # the BatchNorm stage's output, after its dropout
+    eval_out = np.maximum(((X @ m.W[0] + m.b[0]) - m.buffers[:32]) / np.sqrt(m.buffers[32:] + 1e-5)
+                          * m.params[416:448] + m.params[448:480], 0)
+    for out in outs:
+        kept = out != 0
+        assert 0.35 < 1 - kept[eval_out > 0].mean() < 0.65         # about half of the ReLU's output dropped
+        np.testing.assert_allclose(out[kept], 2 * eval_out[kept], rtol=1e-4, atol=1e-5)
+    assert not np.array_equal(outs[0] != 0, outs[1] != 0)
