@@ -6,6 +6,8 @@
     fastwb bench [options]       benchmark fastwb against NumPy and PyTorch, side by side
     fastwb export MODEL --onnx OUT.onnx [--softmax] [--opset N] [--keep-batchnorm]
                                  write a saved model's eval-mode network as ONNX
+    fastwb attack MODEL --eps 0.1 [--attack fgsm|pgd] [--dataset mnist] [--save-examples PNG]
+                                 clean and robust accuracy of a saved classifier under attack
     fastwb --version
 
 Every option is checked while the command line is parsed, before any data is
@@ -296,13 +298,18 @@ def _cmd_train(args):
         return fail(f"cannot build a {'-'.join(map(str, sizes))} model: {e}")
     model.compile(args.optimizer, lr=lr)
     say = print if not args.quiet else (lambda *a, **k: None)
+    if args.ensemble:
+        return _train_ensemble(args, model, sizes, dtype, lr, epochs, batch, (X_train, y_train, X_test, y_test),
+                               say, fail)
     say(f"fastwb {fastwb.__version__}: training {model} on {args.dataset} "
         f"({len(X_train)} train / {len(X_test)} test), {args.optimizer} "
         f"lr {model.optimizer.hyper['lr']}, batch {batch}, {epochs} epochs, {fastwb.get_num_threads()} threads")
     t0 = time.perf_counter()
     try:
+        adversarial = None if args.adversarial is None else dict(attack="fgsm", eps=args.adversarial, ratio=0.5)
         history = model.fit(X_train, y_train, epochs=epochs, batch_size=batch, rng=args.seed,
-                            validation_data=(X_test, y_test), prune_schedule=args.prune, verbose=not args.quiet)
+                            validation_data=(X_test, y_test), prune_schedule=args.prune, verbose=not args.quiet,
+                            adversarial=adversarial)
     except ValueError as e:         # what fit refuses before training (e.g. BatchNorm and a one-row last batch)
         return fail(str(e))
     seconds = time.perf_counter() - t0
@@ -331,6 +338,54 @@ def _cmd_train(args):
             status = fail(f"cannot write {args.plot}: {e}", 1)
     if args.quiet:
         print(f"{accuracy:.4f}")
+    return status
+
+
+def _train_ensemble(args, first, sizes, dtype, lr, epochs, batch, data, say, fail):
+    """``fastwb train --ensemble N``: N members built as the single model is (seeds
+    seed, seed + 1, ...), trained independently or batched, scored together."""
+    import numpy as np
+
+    import fastwb
+    from fastwb.ensemble import Ensemble
+
+    X_train, y_train, X_test, y_test = data
+
+    def member(i):
+        model = first if i == 0 else build_model(sizes, args.activation, args.batchnorm, args.dropout, dtype,
+                                                 args.seed + i)
+        return model if i == 0 else model.compile(args.optimizer, lr=lr)
+
+    ens = Ensemble(member, n_members=args.ensemble, rng=args.seed)
+    say(f"fastwb {fastwb.__version__}: training {args.ensemble} members of {first!r} on {args.dataset} "
+        f"({len(X_train)} train / {len(X_test)} test), {args.optimizer} lr {first.optimizer.hyper['lr']}, "
+        f"batch {batch}, {epochs} epochs{', batched' if args.batched else ''}, {fastwb.get_num_threads()} threads")
+    kwargs = dict(epochs=epochs, batch_size=batch, validation_data=(X_test, y_test), verbose=not args.quiet)
+    if args.adversarial is not None:
+        kwargs["adversarial"] = dict(attack="fgsm", eps=args.adversarial, ratio=0.5)
+    if args.prune is not None:
+        kwargs["prune_schedule"] = args.prune
+    t0 = time.perf_counter()
+    try:
+        ens.fit(X_train, y_train, batched=args.batched, **kwargs)
+    except (TypeError, ValueError) as e:
+        return fail(str(e))
+    seconds = time.perf_counter() - t0
+    scores = ens.scores(X_test, y_test)
+    members = [float(np.mean(m.predict(X_test) == y_test)) for m in ens.members]
+    say(f"\nensemble test accuracy {scores['accuracy']:.4f}, NLL {scores['nll']:.4f}, "
+        f"Brier {scores['brier']:.4f}, ECE {scores['ece']:.4f}")
+    say("members' test accuracy: " + ", ".join(f"{a:.4f}" for a in members))
+    say(f"training: {seconds:.2f} s, {args.ensemble * epochs * len(X_train) / max(seconds, 1e-9):,.0f} samples/s")
+    status = 0
+    if args.save:
+        try:
+            ens.save(args.save)
+            say(f"saved {args.save}")
+        except OSError as e:
+            status = fail(f"cannot save {args.save}: {e}", 1)
+    if args.quiet:
+        print(f"{scores['accuracy']:.4f}")
     return status
 
 
@@ -363,6 +418,138 @@ def _cmd_export(args):
     print(f"wrote {args.onnx}: ONNX opset {args.opset}, {model.dtype.name}, input x (batch, {model.in_features}), "
           f"{outputs} (batch, {model.out_features}), BatchNorm "
           + ("kept" if args.keep_batchnorm else "folded into the Linear layers"))
+    return 0
+
+
+def _cmd_explain(args):
+    import numpy as np
+
+    import fastwb
+    from fastwb import datasets, explain
+
+    model, status = _load_model("explain", args.model)
+    if model is None:
+        return status
+    if args.threads is not None:
+        fastwb.set_num_threads(args.threads)
+    try:
+        _, _, X, y = datasets.load(args.dataset, args.data_path, model.dtype, rng=args.seed)
+    except (ImportError, FileNotFoundError, ValueError) as e:
+        return _fail("explain", f"cannot load {args.dataset}: {e}")
+    if X.shape[1] != model.in_features:
+        return _fail("explain", f"{args.model} takes {model.in_features} features, but the {args.dataset} images "
+                                f"have {X.shape[1]}")
+    X, y = np.ascontiguousarray(X[:args.n]), y[:args.n]
+    kw = {"wrt": args.wrt, "labels": y if args.wrt == "loss" else None}
+    try:
+        if args.method == "saliency":
+            maps = explain.saliency(model, X, **kw)
+        elif args.method == "gradient_x_input":
+            maps = explain.gradient_x_input(model, X, **kw)
+        elif args.method == "smoothgrad":
+            maps = explain.smoothgrad(model, X, rng=args.seed, **kw)
+        else:
+            maps = explain.integrated_gradients(model, X, **kw)
+    except (TypeError, ValueError) as e:       # wrt="prob" of a regression model, class labels for another loss
+        return _fail("explain", f"cannot explain {args.model}: {e}")
+    classes = model.loss.name == "cross_entropy"
+    predicted = model.predict(X) if classes else None
+    titles = [f"label {label}" + (f", predicted {p}" if classes else "")
+              for label, p in zip(y.tolist(), predicted.tolist() if classes else y.tolist())]
+    side = math.isqrt(X.shape[1])
+    shape = (side, side) if side * side == X.shape[1] else (1, X.shape[1])
+    signed = args.method in ("gradient_x_input", "integrated_gradients")
+    try:
+        _write_figure(explain.plot_saliency(X, maps, shape, titles, cmap="bwr" if signed else "hot"), args.out, dpi=80)
+    except OSError as e:
+        return _fail("explain", f"cannot write {args.out}: {e}", 1)
+    right = f", {int(np.count_nonzero(predicted == y))} of them predicted correctly" if classes else ""
+    print(f"wrote {args.out}: {args.method} ({args.wrt}) of the first {len(X)} {args.dataset} test images{right}")
+    return 0
+
+
+def attack_budget(text):
+    """An attack budget: a finite real number >= 0 (input units: pixels in [0, 1])."""
+    value = _number(text, float, "a number >= 0")
+    if not (math.isfinite(value) and value >= 0.0):      # also false for NaN
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _cmd_attack(args):
+    import numpy as np
+
+    import fastwb
+    from fastwb import adversarial, datasets
+
+    if args.attack == "fgsm":
+        given = [o for o, v in (("--steps", args.steps), ("--alpha", args.alpha)) if v is not None]
+        if given:       # a usage error like the parser's, before any work
+            what = "PGD options" if len(given) > 1 else "a PGD option"
+            print(f"fastwb attack: error: {' and '.join(given)}: {what}, not for --attack fgsm "
+                  "(see 'fastwb attack --help')", file=sys.stderr)
+            raise SystemExit(2)
+    model, status = _load_model("attack", args.model)
+    if model is None:
+        return status
+    if model.loss.name != "cross_entropy":
+        return _fail("attack", f"{args.model} is trained with {model.loss.name}; robust accuracy needs a "
+                               "classifier trained with cross_entropy")
+    if args.threads is not None:
+        fastwb.set_num_threads(args.threads)
+    try:
+        _, _, X, y = datasets.load(args.dataset, args.data_path, model.dtype, rng=args.seed)
+    except (ImportError, FileNotFoundError, ValueError) as e:
+        return _fail("attack", f"cannot load {args.dataset}: {e}")
+    if X.shape[1] != model.in_features:
+        return _fail("attack", f"{args.model} takes {model.in_features} features, but the {args.dataset} images "
+                               f"have {X.shape[1]}")
+    if int(y.max()) >= model.out_features:
+        return _fail("attack", f"{args.model} has {model.out_features} classes, but the {args.dataset} labels go "
+                               f"up to {int(y.max())}")
+    if args.limit is not None:
+        X, y = X[:args.limit], y[:args.limit]
+    X = np.ascontiguousarray(X)
+    options = {}
+    if args.attack == "pgd":
+        steps = args.steps if args.steps is not None else 10
+        options = {"steps": steps, "alpha": args.alpha, "rng": args.seed}
+    t0 = time.perf_counter()
+    try:
+        report = adversarial.robustness(model, X, y, attack=args.attack, eps=args.eps, batch_size=args.batch_size,
+                                        return_examples=args.save_examples is not None, **options)
+    except ValueError as e:         # a model whose output is not finite (NaN in the gradient), ...
+        return _fail("attack", f"cannot attack {args.model}: {e}")
+    seconds = time.perf_counter() - t0
+    if args.attack == "pgd":
+        alpha = args.alpha if args.alpha is not None else 2.5 * args.eps / options["steps"]
+        how = f"PGD, {options['steps']} steps of {alpha:g} from a random start (seed {args.seed})"
+    else:
+        how = "FGSM"
+    n = report["n"]
+    summary = {"model": args.model, "dataset": args.dataset, "n": n, "attack": args.attack, "eps": args.eps,
+               **({"steps": options["steps"], "alpha": alpha} if args.attack == "pgd" else {}),
+               "clean_accuracy": report["clean_accuracy"], "robust_accuracy": report["robust_accuracy"],
+               "seconds": seconds}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{args.model} on {n} {args.dataset} test images, {how}, eps {args.eps:g} (L-inf, pixels in [0, 1])")
+        print(f"clean accuracy   {report['clean_accuracy']:.4f}")
+        print(f"robust accuracy  {report['robust_accuracy']:.4f}")
+        print(f"attack and both evaluations: {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} images/s, "
+              f"{fastwb.get_num_threads()} threads)")
+    if args.save_examples:
+        try:
+            figure = adversarial.plot_examples(X, report["adversarial"], y, report["clean_predictions"],
+                                               report["adversarial_predictions"],
+                                               title=f"{how}, eps {args.eps:g}: originals, adversarial examples, "
+                                                     "perturbations")
+            _write_figure(figure, args.save_examples, dpi=80)
+        except OSError as e:
+            return _fail("attack", f"cannot write {args.save_examples}: {e}", 1)
+        if not args.json:
+            print(f"wrote {args.save_examples}")
     return 0
 
 
@@ -401,6 +588,15 @@ def build_parser():
     train.add_argument("--batchnorm", action="store_true", help="BatchNorm1d after every hidden Linear layer")
     train.add_argument("--dropout", type=fraction, default=0.0, metavar="P",
                        help="dropout probability after every hidden activation (default 0: none)")
+    train.add_argument("--adversarial", type=positive_float, metavar="EPS",
+                       help="adversarial training: each batch half clean, half FGSM examples at this eps "
+                            "(pixels in [0, 1]), e.g. 0.1")
+    train.add_argument("--ensemble", type=positive_int, metavar="N",
+                       help="train a deep ensemble of N members (seeds seed, seed + 1, ...) and score it "
+                            "(accuracy, NLL, Brier, ECE); --save writes the ensemble")
+    train.add_argument("--batched", action="store_true",
+                       help="with --ensemble: all members on one shared sequence of batches, one fused "
+                            "optimizer pass (faster, less diverse)")
     train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--plot", type=figure_path, metavar="PNG",
                        help="save the weight and bias plots here (format from the extension)")
@@ -447,6 +643,58 @@ def build_parser():
     export.add_argument("--keep-batchnorm", action="store_true",
                         help="BatchNormalization nodes instead of folding each BatchNorm1d into the Linear before it")
     export.set_defaults(func=_cmd_export)
+    explain = sub.add_parser("explain", help="draw saliency maps of a saved model on test images",
+                             description="Draw test images beside their saliency maps (fastwb.explain) for a saved "
+                                         "model, in eval mode, for each image's predicted class.")
+    explain.add_argument("model", metavar="MODEL",
+                         help="a model saved by fastwb (Sequential.save, fastwb train --save)")
+    explain.add_argument("--dataset", choices=sorted(DEFAULTS), default="digits",
+                         help="the test images (default: digits; the model must take their pixel count)")
+    explain.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
+                                             "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    explain.add_argument("--n", type=positive_int, default=16, metavar="N",
+                         help="how many test images, from the first (default 16)")
+    explain.add_argument("--method", default="saliency",
+                         choices=["saliency", "smoothgrad", "integrated_gradients", "gradient_x_input"],
+                         help="saliency (|gradient|, default), smoothgrad (25 noisy copies, sigma 0.15), "
+                              "integrated_gradients (black baseline, 50 steps) or gradient_x_input")
+    explain.add_argument("--wrt", default="logit", choices=["logit", "prob", "loss"],
+                         help="the gradient of the predicted class's logit (default), its probability, or the "
+                              "loss against the true label")
+    explain.add_argument("--out", type=figure_path, default="saliency.png", metavar="PNG",
+                         help="the figure to write (default saliency.png; format from the extension)")
+    explain.add_argument("--seed", type=non_negative_int, default=0,
+                         help="seed of smoothgrad's noise (and of the digits split)")
+    explain.add_argument("--threads", type=thread_count, help="fastwb threads (default: as fastwb train)")
+    explain.set_defaults(func=_cmd_explain)
+    attack = sub.add_parser("attack", help="clean and robust accuracy of a saved classifier under FGSM or PGD",
+                            description="Attack the test images of a data set with FGSM or PGD (fastwb.adversarial, "
+                                        "L-infinity budget, pixels kept in [0, 1]) and print the clean and robust "
+                                        "accuracy of a saved cross-entropy classifier.")
+    attack.add_argument("model", metavar="MODEL", help="a model saved by fastwb (Sequential.save, fastwb train --save)")
+    attack.add_argument("--eps", type=attack_budget, default=0.1,
+                        help="the L-infinity budget, in pixel units of [0, 1] (default 0.1)")
+    attack.add_argument("--attack", choices=["fgsm", "pgd"], default="fgsm",
+                        help="fgsm (one signed-gradient step, default) or pgd (projected gradient descent, "
+                             "random start)")
+    attack.add_argument("--steps", type=positive_int, metavar="N", help="PGD steps (default 10)")
+    attack.add_argument("--alpha", type=positive_float, metavar="A",
+                        help="PGD step size (default 2.5 * eps / steps: 0.025 for eps 0.1 and 10 steps)")
+    attack.add_argument("--dataset", choices=sorted(DEFAULTS), default="mnist",
+                        help="the test images (default: mnist; the model must take their pixel count)")
+    attack.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
+                                            "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    attack.add_argument("--limit", type=positive_int, metavar="N", help="only the first N test images")
+    attack.add_argument("--batch-size", type=positive_int, default=1024, metavar="N",
+                        help="rows per gradient call (memory only; default 1024)")
+    attack.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of PGD's random start (and of the digits split)")
+    attack.add_argument("--threads", type=thread_count, help="fastwb threads (default: as fastwb train)")
+    attack.add_argument("--save-examples", type=figure_path, metavar="PNG",
+                        help="write a figure of originals, adversarial examples (with predictions) and "
+                             "perturbations here (needs matplotlib)")
+    attack.add_argument("--json", action="store_true", help="print the results as one JSON line")
+    attack.set_defaults(func=_cmd_attack)
     return parser
 
 

@@ -164,6 +164,8 @@ BAD = {
         "--prune": _bad_fraction,
         "--dropout": _bad_fraction,
         "--seed": _bad_seed,
+        "--adversarial": _bad_lr,
+        "--ensemble": _bad_count,
         "--plot": _bad_path(figure=True),
         "--save": _bad_path(figure=False),
     },
@@ -197,7 +199,8 @@ def test_every_option_has_a_bad_value_strategy():
         options = {s for a in commands[command]._actions for s in a.option_strings if s.startswith("--")}
         valued = {o for o in options
                   if o not in ("--help", "--quiet", "--quick", "--data-path", "--filter", "--batchnorm",
-                               "--contention", "--cgroup", "--inference", "--softmax", "--keep-batchnorm")}
+                               "--contention", "--cgroup", "--inference", "--softmax", "--keep-batchnorm",
+                               "--batched")}
         assert valued == set(bad), command
 
 
@@ -477,3 +480,22 @@ def test_info_model_in_a_fresh_process(tmp_path, saved_model):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == "fastwb info: cannot load missing.fwb: No such file or directory\n"
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_train_ensemble_scores_and_saves_it(tmp_path, batched):
+    from fastwb.ensemble import Ensemble
+    path = tmp_path / "ens.npz"
+    argv = ["train", "--epochs", "2", "--hidden", "4", "--ensemble", "3", "--save", str(path)]
+    with mock.patch.object(datasets, "load", _small_data):
+        status, out, err = run_cli(argv + (["--batched"] if batched else []), work=None)
+    assert status == 0 and err == "", err
+    assert "ensemble test accuracy" in out and "members' test accuracy" in out
+    assert len(Ensemble.load(path).members) == 3
+
+
+def test_train_adversarial_runs():
+    with mock.patch.object(datasets, "load", _small_data):
+        status, out, err = run_cli(["train", "--epochs", "2", "--hidden", "4", "--adversarial", "0.1", "--quiet"],
+                                   work=None)
+    assert status == 0 and 0 <= float(out) <= 1

@@ -555,7 +555,7 @@ class Sequential:
         if ws.adv is None:
             ws.adv = (np.empty_like(X), np.empty_like(self.grads))
         x_adv, g_clean = ws.adv
-        adversarial.perturb(X, ws.grad_in[0], adv["eps"], adv["clip"], out=x_adv)
+        adversarial.perturb(X, ws.grad_in[0], adv["eps"], adv["clip"], out=x_adv, nan="propagate")
         if clean:
             np.multiply(self.grads, 1.0 - ratio, out=g_clean)
         loss_a = self._gradients(x_adv, y, ws)
