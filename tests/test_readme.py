@@ -28,6 +28,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 # text in a block -> (module it needs, how to install it)
 NEEDS = {"visualize_weights": ("matplotlib", 'pip install "fastwb[plots]"'),
+         "plot_saliency": ("matplotlib", 'pip install "fastwb[plots]"'),
          "import torch": ("torch", "pip install torch")}
 
 
