@@ -23,6 +23,11 @@ perturbation step against its NumPy twin.
 (b) The perturbation step alone on the same 10,000 x 784 float32 arrays:
     ``fastwb.adversarial.perturb`` (one fused pass; NaN check in the pass)
     against the NumPy twin ``np.clip(X + eps * np.sign(g), 0, 1)``.
+(c) Adversarial training: one step of ``fit(..., adversarial=dict(eps=0.1,
+    ratio=0.5))`` (the clean pass with its input gradient, the FGSM example,
+    the adversarial pass, one Adam update) against a standard step, 784-256-10
+    batch 128 (target: the adversarial step within 2.2x, i.e. standard /
+    adversarial >= 1 / 2.2).
 
 fastwb runs in this process; PyTorch shares the system libgomp with fastwb,
 whose passive wait policy would slow it, so it runs in a fresh process of its
@@ -90,7 +95,26 @@ def fastwb_contenders(rows=ROWS):
     return {"fgsm": {"fastwb fgsm": lambda: adversarial.fgsm(model, X, y, eps=EPS),
                      "fastwb fgsm one chunk": lambda: adversarial.fgsm(model, X, y, eps=EPS, batch_size=rows)},
             "step": {"fastwb perturb": lambda: adversarial.perturb(X, G, EPS, out=out),
-                     "NumPy perturb": lambda: twin.perturb(X, G, EPS)}}
+                     "NumPy perturb": lambda: twin.perturb(X, G, EPS)},
+            "train": training_steps(X[:BATCH_TRAIN], y[:BATCH_TRAIN])}
+
+
+BATCH_TRAIN = 128
+
+
+def training_steps(X, y):
+    """(c): a standard training step and an adversarial one (FGSM, ratio 0.5), each on
+    its own model of the same weights, through the steps ``fit`` runs."""
+    std, adv = fastwb_model(), fastwb_model()
+    options = adv._adversarial_options(dict(attack="fgsm", eps=EPS, ratio=0.5))
+    out = {}
+    for name, m in (("standard step", std), ("adversarial step", adv)):
+        m.compile("adam", lr=1e-3)
+        Xc, yc = m._check_batch(X, y)
+        ws = m._workspace(len(Xc))
+        out[name] = ((lambda m=m, Xc=Xc, yc=yc, ws=ws: m._step(Xc, yc, ws)) if m is std else
+                     (lambda m=m, Xc=Xc, yc=yc, ws=ws: m._adversarial_step(Xc, yc, ws, options)))
+    return out
 
 
 def torch_contenders(rows=ROWS):
@@ -126,8 +150,8 @@ def torch_contenders(rows=ROWS):
 def timed(contenders, repeats):
     """Each workload's contenders interleaved: ``{name: [seconds per call, one per repetition]}``."""
     out = {}
-    for kind in ("fgsm", "step"):
-        if contenders[kind]:
+    for kind in ("fgsm", "step", "train"):
+        if contenders.get(kind):
             out.update({k: v.tolist() for k, v in B.interleaved(contenders[kind], repeats, 0).items()})
     return out
 
@@ -320,31 +344,18 @@ RATIOS = (  # label, numerator, denominator, target (None: for information), pai
     ("(a) GEMMs alone / fastwb fgsm", "GEMMs alone", "fastwb fgsm", None, False),
     ("(a) GEMMs alone / PyTorch", "GEMMs alone", "PyTorch", None, False),
     ("(b) NumPy perturb / fastwb perturb", "NumPy perturb", "fastwb perturb", None, True),
+    ("(c) standard step / adversarial step", "standard step", "adversarial step", 1 / 2.2, True),
 )
 
 
 def record(report, got):
-    """Add one round's times (``{name: [seconds per repetition]}``): each contender's
-    median, and each ratio whose two sides were timed: the paired median within
-    one process, else the ratio of the two medians."""
-    for name, ts in got.items():
-        report["seconds"].setdefault(name, []).append(float(np.median(ts)))
-    for label, num, den, _, paired in RATIOS:
-        if num in got and den in got:
-            a, b = np.asarray(got[num]), np.asarray(got[den])
-            r = float(np.median(a / b)) if paired and len(a) == len(b) else float(np.median(a) / np.median(b))
-            report["ratios"].setdefault(label, []).append(r)
+    """One round's times into the report (fastwb.benchmark.record_round)."""
+    B.record_round(report, got, RATIOS)
 
 
 def verdicts(report):
-    """``(label, median over rounds, smallest, largest, target, met)`` for every ratio measured."""
-    out = []
-    for label, _, _, target, _ in RATIOS:
-        rs = report["ratios"].get(label)
-        if rs:
-            med = float(np.median(rs))
-            out.append((label, med, min(rs), max(rs), target, None if target is None else med >= target))
-    return out
+    """``(label, median, smallest, largest, target, met)`` per ratio (fastwb.benchmark.ratio_verdicts)."""
+    return B.ratio_verdicts(report, RATIOS)
 
 
 def lines(report):

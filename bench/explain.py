@@ -203,38 +203,25 @@ def measure(repeats=15, rounds=5, threads=None, torch=True, say=lambda *a: None)
     return report
 
 
-RATIOS = (  # label, numerator, denominator, paired within one process
-    ("gradients / saliency", "gradients", "saliency", True),
-    ("PyTorch / saliency", TORCH, "saliency", False),
-    ("gradients / saliency, targets given", "gradients", "saliency, targets given", True),
-    ("gradients + input gradient / saliency", "gradients + input gradient", "saliency", True),
+RATIOS = (  # label, numerator, denominator, target, paired within one process
+    ("gradients / saliency", "gradients", "saliency", TARGETS["gradients / saliency"], True),
+    ("PyTorch / saliency", TORCH, "saliency", TARGETS["PyTorch / saliency"], False),
+    ("gradients / saliency, targets given", "gradients", "saliency, targets given", None, True),
+    ("gradients + input gradient / saliency", "gradients + input gradient", "saliency", None, True),
     ("gradients + input gradient / saliency, targets given", "gradients + input gradient",
-     "saliency, targets given", True),
-    ("PyTorch / saliency, targets given", TORCH, "saliency, targets given", False),
+     "saliency, targets given", None, True),
+    ("PyTorch / saliency, targets given", TORCH, "saliency, targets given", None, False),
 )
 
 
 def record(report, got):
-    """One round's times into the report: medians, and the ratios (paired medians
-    within a process, else the ratio of the medians)."""
-    for name, ts in got.items():
-        report["seconds"].setdefault(name, []).append(float(np.median(ts)))
-    for label, num, den, paired in RATIOS:
-        if num in got and den in got:
-            a, b = np.asarray(got[num]), np.asarray(got[den])
-            r = float(np.median(a / b)) if paired else float(np.median(a) / np.median(b))
-            report["ratios"].setdefault(label, []).append(r)
+    """One round's times into the report (fastwb.benchmark.record_round)."""
+    B.record_round(report, got, RATIOS)
 
 
 def verdicts(report):
-    """``(label, median over rounds, smallest, largest, target or None, met or None)``."""
-    out = []
-    for label, *_ in RATIOS:
-        rs = report["ratios"].get(label)
-        if rs:
-            med, target = float(np.median(rs)), TARGETS.get(label)
-            out.append((label, med, min(rs), max(rs), target, None if target is None else med >= target))
-    return out
+    """``(label, median, smallest, largest, target, met)`` per ratio (fastwb.benchmark.ratio_verdicts)."""
+    return B.ratio_verdicts(report, RATIOS)
 
 
 def lines(report):

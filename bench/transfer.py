@@ -311,27 +311,13 @@ RATIOS = (  # label, numerator, denominator, target (None: for information), pai
 
 
 def record(report, got):
-    """Add one round's times (``{name: [seconds per repetition]}``) to the report:
-    each contender's median, and each ratio whose two sides were timed: the
-    paired median within one process, else the ratio of the two medians."""
-    for name, ts in got.items():
-        report["seconds"].setdefault(name, []).append(float(np.median(ts)))
-    for label, num, den, _, paired in RATIOS:
-        if num in got and den in got:
-            a, b = np.asarray(got[num]), np.asarray(got[den])
-            r = float(np.median(a / b)) if paired and len(a) == len(b) else float(np.median(a) / np.median(b))
-            report["ratios"].setdefault(label, []).append(r)
+    """One round's times into the report (fastwb.benchmark.record_round)."""
+    B.record_round(report, got, RATIOS)
 
 
 def verdicts(report):
-    """``(label, median over rounds, smallest, largest, target, met)`` for every ratio measured."""
-    out = []
-    for label, _, _, target, _ in RATIOS:
-        rs = report["ratios"].get(label)
-        if rs:
-            med = float(np.median(rs))
-            out.append((label, med, min(rs), max(rs), target, None if target is None else med >= target))
-    return out
+    """``(label, median, smallest, largest, target, met)`` per ratio (fastwb.benchmark.ratio_verdicts)."""
+    return B.ratio_verdicts(report, RATIOS)
 
 
 def lines(report):

@@ -82,6 +82,33 @@ def interleaved(contenders, repeats=25, target_s=2e-3):
     return {name: np.array(v) for name, v in times.items()}
 
 
+def record_round(report, got, ratios):
+    """Add one round's times (``{name: [seconds per repetition]}``) to ``report``
+    (``"seconds"`` and ``"ratios"`` dicts of lists): each contender's median, and
+    each ratio of ``ratios`` (``(label, numerator, denominator, target or None,
+    paired)``) whose two sides were timed: the paired median within one
+    process, else the ratio of the two medians."""
+    for name, ts in got.items():
+        report["seconds"].setdefault(name, []).append(float(np.median(ts)))
+    for label, num, den, _, paired in ratios:
+        if num in got and den in got:
+            a, b = np.asarray(got[num]), np.asarray(got[den])
+            r = float(np.median(a / b)) if paired and len(a) == len(b) else float(np.median(a) / np.median(b))
+            report["ratios"].setdefault(label, []).append(r)
+
+
+def ratio_verdicts(report, ratios):
+    """``(label, median over rounds, smallest, largest, target, met)`` for every
+    ratio of ``ratios`` that ``report`` holds (met: None without a target)."""
+    out = []
+    for label, _, _, target, _ in ratios:
+        rs = report["ratios"].get(label)
+        if rs:
+            med = float(np.median(rs))
+            out.append((label, med, min(rs), max(rs), target, None if target is None else med >= target))
+    return out
+
+
 def median_ratio(times, num, den):
     """Median over repetitions of times[num] / times[den] (paired)."""
     return float(np.median(times[num] / times[den]))
