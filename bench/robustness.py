@@ -45,9 +45,9 @@ def adversarial_training_available():
     return "adversarial" in inspect.signature(fastwb.nn.Sequential.fit).parameters
 
 
-def train(X, y, seed=0, epochs=EPOCHS, adversarial_training=None):
-    """The 784-256-10 MLP trained as the module says; returns (model, seconds)."""
-    model = fastwb.MLP(SIZES, dtype=np.float32, rng=seed)
+def train(X, y, seed=0, epochs=EPOCHS, adversarial_training=None, sizes=SIZES):
+    """The MLP of ``sizes`` (784-256-10) trained as the module says; returns (model, seconds)."""
+    model = fastwb.MLP(list(sizes), dtype=np.float32, rng=seed)
     model.compile("adam", lr=LR)
     kw = {} if adversarial_training is None else {"adversarial": adversarial_training}
     t0 = time.perf_counter()
@@ -73,20 +73,20 @@ def evaluate(model, X, y, seed=0):
     return acc, seconds
 
 
-def measure(folder, seed=0, epochs=EPOCHS, say=lambda *a: None):
+def measure(folder, seed=0, epochs=EPOCHS, say=lambda *a: None, sizes=SIZES):
     """Train and evaluate the standard model, and the adversarially trained one
     when fit can.  Returns ``{"cpu", "threads", "load", "seed", "epochs",
     "adversarial_training": available?, "rows": [{"model", "train_seconds",
     "accuracy": {column: value}, "seconds": {column: value}}]}``."""
     X, y, Xt, yt = datasets.load("mnist", folder)
     report = {"cpu": B.cpu_name(), "threads": fastwb.get_num_threads(), "load": [B.load_average()], "seed": seed,
-              "epochs": epochs, "adversarial_training": adversarial_training_available(), "rows": []}
+              "epochs": epochs, "sizes": list(sizes), "adversarial_training": adversarial_training_available(), "rows": []}
     runs = [("standard", None)]
     if report["adversarial_training"]:
         runs.append((f"FGSM-trained (eps {ADVERSARIAL['eps']:g}, ratio {ADVERSARIAL['ratio']:g})", ADVERSARIAL))
     for name, adv in runs:
         say(f"training the {name} model")
-        model, train_s = train(X, y, seed, epochs, adv)
+        model, train_s = train(X, y, seed, epochs, adv, sizes)
         say(f"attacking the {name} model")
         acc, secs = evaluate(model, Xt, yt, seed)
         report["rows"].append({"model": name, "train_seconds": train_s, "accuracy": acc, "seconds": secs})
@@ -100,7 +100,7 @@ def lines(report, markdown=False):
     head = ["model"] + columns + ["training"]
     body = [[r["model"]] + [f"{r['accuracy'][c]:.4f}" for c in columns] + [f"{r['train_seconds']:.1f} s"]
             for r in report["rows"]]
-    caption = (f"MNIST test accuracy (10,000 images), 784-256-10 ReLU float32, {report['epochs']} epochs Adam lr "
+    caption = (f"MNIST test accuracy (10,000 images), {'-'.join(map(str, report.get('sizes', SIZES)))} ReLU float32, {report['epochs']} epochs Adam lr "
                f"{LR:g} batch {BATCH}, seed {report['seed']}; attacks L-inf with pixels in [0, 1], untargeted on "
                f"the true labels; PGD: step {PGD['alpha']:g}, random start ({report['cpu']}, {report['threads']} "
                f"threads, load average {B._load_fmt(report['load'][0])} before, {B._load_fmt(report['load'][-1])} "
@@ -128,7 +128,11 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs (default {EPOCHS})")
     ap.add_argument("--seed", type=int, default=0, help="seed of the weights, the shuffling and PGD's start")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--sizes", type=int, nargs="+", default=SIZES, metavar="N",
+                    help="layer sizes, 784 first and 10 last (default 784 256 10; a deeper net: 784 512 256 10)")
     args = ap.parse_args(argv)
+    if len(args.sizes) < 2 or args.sizes[0] != 784 or args.sizes[-1] != 10 or min(args.sizes) < 1:
+        ap.error("--sizes must start with 784, end with 10 and hold positive widths")
     if args.epochs < 1:
         ap.error("--epochs must be at least 1")
     if args.seed < 0:
@@ -138,7 +142,7 @@ def main(argv=None):
     try:
         report = measure(folder, args.seed, args.epochs,
                          say=lambda m: print(f"  [{time.perf_counter() - t0:5.0f} s] {m}", file=sys.stderr,
-                                             flush=True))
+                                             flush=True), sizes=args.sizes)
     except (FileNotFoundError, ValueError) as e:
         ap.exit(2, f"{ap.prog}: cannot load MNIST from {folder}: {e}\n")
     print("\n".join(lines(report, args.markdown)))

@@ -59,7 +59,6 @@ is safe from many threads at once, as the members' inference is; ``fit`` is
 one training call per member at a time (RuntimeError otherwise).
 """
 
-import copy
 import inspect
 import io
 import json
@@ -70,7 +69,7 @@ import numpy as np
 
 from fastwb import _io, functional, init, metrics
 from fastwb._validate import FLOAT_DTYPES, check_int
-from fastwb.nn.layers import BatchNorm1d, Identity
+from fastwb.nn.layers import BatchNorm1d
 from fastwb.nn.plan import Workspace, WorkspacePool
 from fastwb.nn.progress import Progress
 from fastwb.nn.sequential import Sequential
@@ -621,25 +620,10 @@ def mc_dropout(model, X, n=30, rng=None, batch_size=1024):
 def _stochastic_copy(model):
     """A copy of ``model`` that computes, in training mode, its dropout on top of
     its inference-mode network: every tracked BatchNorm1d frozen (normalising by
-    its running statistics, updating nothing), and an Identity put before each
-    Dropout that the engine would fuse into a BatchNorm1d's stage.
-
-    (The compiled BatchNorm stage gates the dropout fused into it by whether it
-    normalises by batch statistics, so a frozen BatchNorm would drop the
-    Dropout after it; behind an Identity the Dropout is fused into the
-    Identity's stage instead, where it runs in training mode.  The Identity
-    changes no value.)"""
-    fused_into_bn = {st.layers[-1] for st in model._plan if st.kind == "bn" and st.p > 0}
-    layers, where = [], {}
-    for i, layer in enumerate(model.layers):
-        if i in fused_into_bn:
-            layers.append(Identity())
-        where[i] = len(layers)
-        layers.append(copy.deepcopy(layer))
-    m = Sequential(*layers, dtype=model.dtype, in_features=model.in_features, rng=0)
-    m.load_state_dict({f"{where[int(name.split('.', 1)[0])]}.{name.split('.', 1)[1]}": v
-                       for name, v in model.state_dict().items()})
-    m.loss = model.loss
+    its running statistics, updating nothing; the dropout fused after it still
+    drops)."""
+    m = model.copy()
+    m.optimizer = None
     running = [f"{i}.{name}" for i, layer in enumerate(m.layers)
                if isinstance(layer, BatchNorm1d) and layer.track_running_stats
                for name in ("running_mean", "running_var", "num_batches_tracked")]
