@@ -37,8 +37,9 @@ from collections import OrderedDict
 import numpy as np
 
 from fastwb import _io, functional, init, optim, prune
+from fastwb import _adversarial
 from fastwb import _losses as _losses_kernels
-from fastwb._runtime import GRAIN_COMPUTE, plan_threads
+from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, plan_threads
 from fastwb._validate import FLOAT_DTYPES, check_int, check_real
 from fastwb.nn import losses as _losses
 from fastwb.nn.layers import BatchNorm1d, Layer, Linear, layer_from_config
@@ -546,7 +547,6 @@ class Sequential:
         example of x made with this step's weights (in training mode, as the rest
         of the step): the clean pass gives its weight gradients and the input
         gradient at once, then the adversarial pass; returns (loss, clean correct)."""
-        from fastwb import adversarial
         ratio = adv["ratio"]
         clean = ratio < 1.0
         loss_c = self._gradients(X, y, ws, weights=clean, input_gradient=True)
@@ -555,7 +555,10 @@ class Sequential:
         if ws.adv is None:
             ws.adv = (np.empty_like(X), np.empty_like(self.grads))
         x_adv, g_clean = ws.adv
-        adversarial.perturb(X, ws.grad_in[0], adv["eps"], adv["clip"], out=x_adv, nan="propagate")
+        lo, hi = adv["clip"] if adv["clip"] is not None else (-math.inf, math.inf)
+        # the fused FGSM step (fastwb.adversarial.perturb's kernel) on the engine's own arrays
+        _adversarial.fgsm_flat(X.reshape(-1), ws.grad_in[0].reshape(-1), x_adv.reshape(-1), adv["eps"], lo, hi,
+                               _adversarial.NO_CHECK, plan_threads(X.size, GRAIN_MEMORY))
         if clean:
             np.multiply(self.grads, 1.0 - ratio, out=g_clean)
         loss_a = self._gradients(x_adv, y, ws)
