@@ -44,8 +44,9 @@ def test_patterns_select_state_dict_names():
     m = _model()
     m.freeze("0.*")
     assert m.frozen == {"0.weight", "0.bias"}
-    m.freeze("1.running_*", "3.weight")
-    assert m.frozen == {"0.weight", "0.bias", "1.running_mean", "1.running_var", "3.weight"}
+    m.freeze("1.running_*", "3.weight")          # the running statistics and their count go together
+    assert m.frozen == {"0.weight", "0.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked",
+                        "3.weight"}
     m.unfreeze("0.b*")
     assert not m.trainable("0.weight") and m.trainable("0.bias")
     m.freeze()
@@ -375,3 +376,83 @@ def test_frozen_batchnorm_keeps_the_dropout_after_it():
         assert 0.35 < 1 - kept[eval_out > 0].mean() < 0.65         # about half of the ReLU's output dropped
         np.testing.assert_allclose(out[kept], 2 * eval_out[kept], rtol=1e-4, atol=1e-5)
     assert not np.array_equal(outs[0] != 0, outs[1] != 0)
+
+
+# -- review findings ------------------------------------------------------------------------
+
+def test_a_checkpoint_loads_after_a_replace_left_a_group_naming_nothing(tmp_path):
+    m = _trained()
+    m.compile("adam", groups={"1.*": {"lr": 1e-4}})
+    m[1] = nn.Dropout(0.0)
+    m.save(tmp_path / "m.fwb", with_optimizer=True)
+    assert nn.load(tmp_path / "m.fwb").groups == {"1.*": {"lr": 1e-4}}
+
+
+def test_a_failed_compile_changes_nothing():
+    X, y = _data()
+    m = _trained()
+    m.freeze("0.*")
+    opt, units, loss = m.optimizer, m.optimizer.units[0], m.loss
+    for groups in ({"3.*": {"lr": -1}}, {"3.*": 0.1}, {"3.*": {"momentum": 0.9}}):
+        with pytest.raises((TypeError, ValueError), match="groups"):
+            m.compile("adamw", loss="mse", weight_decay=0.1, groups=groups)
+    assert m.optimizer is opt and m.optimizer.units[0] is units and m.loss is loss
+    w = m.W[0].copy()
+    m.fit(X, y, epochs=1, verbose=False)
+    np.testing.assert_array_equal(m.W[0], w)
+
+
+def test_groups_hold_checked_python_numbers_and_survive_a_save_without_optimizer(tmp_path):
+    X, y = _data()
+    m = _trained(bn=False)
+    m.compile("adam", groups={"0.*": {"lr": np.float32(0.0)}})
+    assert type(m.groups["0.*"]["lr"]) is float
+    m.save(tmp_path / "m.fwb")
+    back = nn.load(tmp_path / "m.fwb")
+    w = back.W[0].copy()
+    back.fit(X, y, epochs=1, verbose=False)          # compiles implicitly: the group still holds layer 0
+    np.testing.assert_array_equal(back.W[0], w)
+
+
+def test_cache_frozen_sees_a_layer_setting_changed_before_fit():
+    X, y = _data(n=200)
+    layers = lambda: [nn.Linear(12, 16), nn.Dropout(0.0), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4)]  # noqa
+    a = nn.Sequential(*layers(), dtype="float64", rng=0)
+    a.compile("sgd", lr=0.1)
+    a.fit(X.astype(np.float64), y, epochs=1, verbose=False, rng=0)
+    a.freeze("0.*", "2.*")
+    b = a.copy()
+    b.layers[1].p = 0.5
+    a.layers[1].p = 0.5
+    a.fit(X.astype(np.float64), y, epochs=1, verbose=False, rng=1)
+    b.fit(X.astype(np.float64), y, epochs=1, verbose=False, rng=1, cache_frozen=True)
+    np.testing.assert_allclose(b.params, a.params, rtol=1e-10, atol=1e-12)
+
+
+def test_running_statistics_freeze_together():
+    X, y = _data()
+    m = _trained()
+    m.freeze("1.running_var")
+    assert {"1.running_mean", "1.running_var", "1.num_batches_tracked"} <= m.frozen
+    before = m.buffers.copy(), m.num_batches_tracked.copy()
+    m.fit(X, y, epochs=1, verbose=False)
+    assert _bits(m.buffers) == _bits(before[0]) and (m.num_batches_tracked == before[1]).all()
+    m.unfreeze("1.num_batches_tracked")
+    assert not m.frozen & {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
+
+
+def test_scheduler_keeps_group_ratios_through_a_zero_rate():
+    X, y = _data()
+    m = _trained(bn=False)
+    m.compile("sgd", lr=1e-2, groups={"0.*": {"lr": 1e-3}})
+    rates = iter([0.0, 1e-2])
+    m.fit(X, y, epochs=2, verbose=False, callbacks=[nn.LearningRateScheduler(lambda e, lr: next(rates))])
+    assert m.optimizer.groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_unfreeze_checks_its_pattern_when_training_begins():
+    X, y = _data()
+    m = _trained()
+    with pytest.raises(ValueError, match="Unfreeze: pattern '9.\\*' matches none"):
+        m.fit(X, y, epochs=3, verbose=False, callbacks=[nn.Unfreeze(at_epoch=2, pattern="9.*")])
+    assert m.epochs_done == 1                       # nothing was trained first

@@ -82,22 +82,30 @@ class EarlyStopping(Callback):
 class LearningRateScheduler(Callback):
     """Set the optimizer's learning rate after each epoch: ``schedule(epoch, lr)``
     returns the rate for the next epoch (epochs counted from 0).  Parameter
-    groups with a learning rate of their own (``compile(groups=...)``) are
-    scaled by the same factor."""
+    groups with a learning rate of their own (``compile(groups=...)``) keep
+    the ratio to the base rate they had when training began (a group whose
+    base rate was 0 then keeps its own rate)."""
 
     def __init__(self, schedule):
         if not callable(schedule):
             raise TypeError("schedule must be a callable (epoch, lr) -> lr")
         self.schedule = schedule
 
+    def on_train_begin(self, model):
+        super().on_train_begin(model)
+        opt = model.optimizer
+        base = opt.hyper["lr"] if opt is not None else 0.0
+        # each group's rate as a multiple of the base rate, fixed here (None: the base is 0, it stays)
+        self._ratios = [g["lr"] / base if "lr" in g and base > 0 else None
+                        for g in (opt.groups if opt is not None else ())]
+
     def on_epoch_end(self, epoch, logs):
         opt = self.model.optimizer
-        old = opt.hyper["lr"]
-        lr = check_real("the learning rate from the schedule", self.schedule(epoch, old), minimum=0.0)
+        lr = check_real("the learning rate from the schedule", self.schedule(epoch, opt.hyper["lr"]), minimum=0.0)
         opt.hyper["lr"] = lr
-        for group in opt.groups:
-            if "lr" in group:
-                group["lr"] = group["lr"] * (lr / old) if old > 0 else lr
+        for group, ratio in zip(opt.groups, self._ratios):
+            if ratio is not None:
+                group["lr"] = ratio * lr
         logs["lr"] = lr
 
 
@@ -137,6 +145,7 @@ class Unfreeze(Callback):
 
     def on_train_begin(self, model):
         super().on_train_begin(model)
+        model._match(self.patterns, "Unfreeze")     # a pattern naming nothing fails now, not epochs later
         if model.epochs_done >= self.at_epoch:
             self._unfreeze()
 

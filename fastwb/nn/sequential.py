@@ -305,29 +305,32 @@ class Sequential:
         (``{"0.*": {"lr": 1e-4}}``); a parameter takes the first group whose
         pattern matches it, the others the optimizer's own values.  All groups
         still run in one fused pass over the flat buffer.  Frozen parameters
-        (:meth:`freeze`) are skipped by the optimizer whatever their group."""
-        if groups is not None:
-            if not isinstance(groups, dict):
-                raise TypeError(f"groups must be a dict {{pattern: hyperparameters}}, got {type(groups).__name__}")
-            for pattern in groups:
-                self._match([pattern], "groups", params_only=True)
-        if loss is not None:
-            self.loss = _losses.get(loss)
-            self._workspaces.clear()        # the compiled plans depend on the loss
-            self._pool = WorkspacePool()
+        (:meth:`freeze`) are skipped by the optimizer whatever their group.
+        Everything is checked before anything changes."""
+        groups = {} if groups is None else groups
+        if not isinstance(groups, dict):
+            raise TypeError(f"groups must be a dict {{pattern: hyperparameters}}, got {type(groups).__name__}")
+        for pattern in groups:
+            self._match([pattern], "groups", params_only=True)
+        new_loss = None if loss is None else _losses.get(loss)
         if isinstance(optimizer, optim.Optimizer):
             if len(optimizer.params) != 1 or optimizer.params[0] is not self.params:
                 raise ValueError("the optimizer must be built over [model.params], the model's one buffer")
-            self.optimizer = optimizer
+            opt = optimizer
         else:
-            self.optimizer = optim.by_name(optimizer)([self.params], **hyper)
-        self.groups = {} if groups is None else {p: dict(v) for p, v in groups.items()}
-        self.optimizer.set_units(0, None)
+            opt = optim.by_name(optimizer)([self.params], **hyper)
         try:
-            self.optimizer.set_groups(list(self.groups.values()))
+            checked = opt._checked_groups(list(groups.values()), opt.hyper)
         except (TypeError, ValueError) as e:
-            self.groups = {}
             raise type(e)(f"groups: {e}") from None
+        if new_loss is not None:
+            self.loss = new_loss
+            self._workspaces.clear()        # the compiled plans depend on the loss
+            self._pool = WorkspacePool()
+        self.optimizer = opt
+        self.groups = dict(zip(groups, checked))        # the checked values (Python floats)
+        opt.set_units(0, None)
+        opt.set_groups(checked)
         self._configure_optimizer()
         if self.masks is not None:
             self.optimizer.set_masks([self._flat_mask()])
@@ -359,12 +362,14 @@ class Sequential:
         A frozen parameter is not updated and its optimizer state does not move
         (the fused optimizer skips its slice of the flat buffer); a layer whose
         parameters are all frozen gets no weight-gradient GEMM, and the backward
-        pass stops at the first layer with a trained parameter.  Frozen
-        parameters' gradients are not computed (left at 0).  A BatchNorm1d whose
-        running statistics are frozen (``"1.*"``, or ``"1.running_mean"``)
+        pass stops at the first layer with a trained parameter.  The gradients
+        of a layer whose parameters are all frozen are not computed (left at
+        0).  A BatchNorm1d whose running statistics are frozen (``"1.*"``, or
+        any of ``"1.running_mean"``, ``"1.running_var"``,
+        ``"1.num_batches_tracked"``, which go together)
         normalises by them in training too and does not update them (as Keras
         does; PyTorch keeps using batch statistics in training mode)."""
-        names = self._match(patterns, "freeze")
+        names = self._with_statistics(self._match(patterns, "freeze"))
         self._set_frozen(self.frozen | names)
         return self
 
@@ -373,9 +378,19 @@ class Sequential:
         everything); returns the model.  An unfrozen parameter counts its own
         optimizer steps, as PyTorch counts a parameter's steps from its first
         update (Adam's bias correction starts afresh)."""
-        names = self._match(patterns, "unfreeze")
+        names = self._with_statistics(self._match(patterns, "unfreeze"))
         self._set_frozen(self.frozen - names)
         return self
+
+    def _with_statistics(self, names):
+        """``names`` with a BatchNorm1d's running statistics and count all in or
+        all out: they are frozen together (any one of them names all three)."""
+        out = set(names)
+        for i in self._nbt_index:
+            stats = {f"{i}.running_mean", f"{i}.running_var", f"{i}.num_batches_tracked"}
+            if out & stats:
+                out |= stats
+        return out
 
     def trainable(self, name):
         """Whether the parameter or buffer called ``name`` is trained (not frozen)."""
@@ -513,7 +528,7 @@ class Sequential:
         X, y = self._check_batch(X, y)
         _nonempty(X)
         if self.optimizer is None:
-            self.compile()
+            self.compile(groups=self.groups)
         return self._step(X, y, self._workspace(X.shape[0]))
 
     def _frozen_prefix(self):
@@ -686,9 +701,9 @@ class Sequential:
         epochs = check_int("epochs", epochs, 1)
         batch_size = check_int("batch_size", batch_size, 1)
         if optimizer is not None:
-            self.compile(optimizer)
+            self.compile(optimizer, groups=self.groups)
         elif self.optimizer is None:
-            self.compile()
+            self.compile(groups=self.groups)
         if validation_data is not None:
             Xv, yv = validation_data
             Xv = self._check_x(Xv, "validation X")
@@ -706,6 +721,8 @@ class Sequential:
         schedule = prune.schedule_for(prune_schedule, epochs * steps_per_epoch)
         if adversarial is not None:
             adversarial = self._adversarial_options(adversarial)
+            if adversarial["ratio"] == 0:       # all clean: the standard step
+                adversarial = None
             if cache_frozen:
                 raise ValueError("adversarial training perturbs the input, so cache_frozen cannot be used with it")
         callbacks = list(callbacks)
@@ -725,6 +742,9 @@ class Sequential:
             for _ in range(epochs):
                 epoch = self.epochs_done
                 if cache_frozen:
+                    if self._generation != Layer.generation:
+                        self._replan()          # a layer's setting changed: the stages may have too
+                        cached = -1
                     stop = self._frozen_prefix() if schedule is None else 0
                     if stop == len(self._plan):
                         raise ValueError("cache_frozen: every layer is frozen, so there is nothing to train")
@@ -1080,10 +1100,9 @@ def load(path):
                 raise TypeError("frozen must be a list and groups a dict")
             if frozen:
                 model.freeze(*frozen)
-            for pattern, g in groups.items():
-                model._match([pattern], "groups", params_only=True)
-                if not isinstance(g, dict):
-                    raise TypeError(f"group {pattern!r} is not a dict")
+            for pattern, g in groups.items():      # (a pattern may name nothing since a replace)
+                if not isinstance(pattern, str) or not isinstance(g, dict):
+                    raise TypeError(f"group {pattern!r} is not a pattern with a dict")
             model.groups = groups
         except (TypeError, ValueError) as e:
             raise ValueError(f"{npz.name}: bad frozen parameters or groups ({e})") from None
