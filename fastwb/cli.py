@@ -191,6 +191,21 @@ def _load_model(command, path):
         return None, _fail(command, f"cannot load {e}" if str(e).startswith(f"{path}:") else f"cannot load {path}: {e}")
 
 
+def _test_split(command, model, args):
+    """``(X, y, None)``: the test split of ``args.dataset`` in the model's dtype, its
+    width checked against the model's; or ``(None, None, exit status)`` after one line on stderr."""
+    from fastwb import datasets
+
+    try:
+        _, _, X, y = datasets.load(args.dataset, args.data_path, model.dtype, rng=args.seed)
+    except (ImportError, FileNotFoundError, ValueError) as e:
+        return None, None, _fail(command, f"cannot load {args.dataset}: {e}")
+    if X.shape[1] != model.in_features:
+        return None, None, _fail(command, f"{args.model} takes {model.in_features} features, but the "
+                                          f"{args.dataset} images have {X.shape[1]}")
+    return X, y, None
+
+
 def model_summary(model):
     """What ``fastwb info MODEL`` reports, JSON-serialisable: class, dtype, widths,
     loss, step count, epochs done, the total parameter count, the overall Linear
@@ -425,20 +440,16 @@ def _cmd_explain(args):
     import numpy as np
 
     import fastwb
-    from fastwb import datasets, explain
+    from fastwb import explain
 
     model, status = _load_model("explain", args.model)
     if model is None:
         return status
     if args.threads is not None:
         fastwb.set_num_threads(args.threads)
-    try:
-        _, _, X, y = datasets.load(args.dataset, args.data_path, model.dtype, rng=args.seed)
-    except (ImportError, FileNotFoundError, ValueError) as e:
-        return _fail("explain", f"cannot load {args.dataset}: {e}")
-    if X.shape[1] != model.in_features:
-        return _fail("explain", f"{args.model} takes {model.in_features} features, but the {args.dataset} images "
-                                f"have {X.shape[1]}")
+    X, y, status = _test_split("explain", model, args)
+    if X is None:
+        return status
     X, y = np.ascontiguousarray(X[:args.n]), y[:args.n]
     kw = {"wrt": args.wrt, "labels": y if args.wrt == "loss" else None}
     try:
@@ -480,7 +491,7 @@ def _cmd_attack(args):
     import numpy as np
 
     import fastwb
-    from fastwb import adversarial, datasets
+    from fastwb import adversarial
 
     if args.attack == "fgsm":
         given = [o for o, v in (("--steps", args.steps), ("--alpha", args.alpha)) if v is not None]
@@ -497,13 +508,9 @@ def _cmd_attack(args):
                                "classifier trained with cross_entropy")
     if args.threads is not None:
         fastwb.set_num_threads(args.threads)
-    try:
-        _, _, X, y = datasets.load(args.dataset, args.data_path, model.dtype, rng=args.seed)
-    except (ImportError, FileNotFoundError, ValueError) as e:
-        return _fail("attack", f"cannot load {args.dataset}: {e}")
-    if X.shape[1] != model.in_features:
-        return _fail("attack", f"{args.model} takes {model.in_features} features, but the {args.dataset} images "
-                               f"have {X.shape[1]}")
+    X, y, status = _test_split("attack", model, args)
+    if X is None:
+        return status
     if int(y.max()) >= model.out_features:
         return _fail("attack", f"{args.model} has {model.out_features} classes, but the {args.dataset} labels go "
                                f"up to {int(y.max())}")

@@ -72,7 +72,7 @@ from fastwb._validate import FLOAT_DTYPES, check_int
 from fastwb.nn.layers import BatchNorm1d
 from fastwb.nn.plan import Workspace, WorkspacePool
 from fastwb.nn.progress import Progress
-from fastwb.nn.sequential import Sequential
+from fastwb.nn.sequential import Sequential, _gather
 from fastwb.nn.sequential import load as _load_model
 
 __all__ = ["Ensemble", "Uncertainty", "mc_dropout", "summarize", "entropy", "load", "ENSEMBLE_FORMAT"]
@@ -516,31 +516,21 @@ class _Batched:
             for s in range(0, n, batch_size):
                 idx = order[s:s + batch_size]
                 ws = lead._workspace(len(idx))           # the batch is gathered once, into the lead's workspace
-                np.take(X, idx, axis=0, out=ws.x)
-                if ws.y is None or ws.y.shape[1:] != y.shape[1:] or ws.y.dtype != y.dtype:
-                    ws.y = np.empty((len(idx),) + y.shape[1:], y.dtype)
-                yb = np.take(y, idx, axis=0, out=ws.y)
+                yb = _gather(ws, X, y, idx)
                 step_loss = 0.0
                 for k, shadow in enumerate(shadows):
                     wk = shadow._workspace(len(idx))
                     loss = shadow._gradients(ws.x, yb, wk)
                     loss_sum[k] += loss * len(idx)
                     step_loss += loss
-                    correct[k] += np.count_nonzero(np.argmax(wk.out[-1], axis=1) == yb)
+                    correct[k] += shadow._correct(wk, yb)
                 self.optimizer._apply([self.grads])
                 for shadow in shadows:
                     shadow.step_count += 1
                 bar.update(step_loss / M)
             seconds = time.perf_counter() - t0
             for k, shadow in enumerate(shadows):
-                logs = {"loss": loss_sum[k] / n, "accuracy": correct[k] / n}
-                if validation is not None:
-                    vl, vs = shadow._evaluate(*validation, batch_size=1024)
-                    logs["val_loss"] = vl
-                    logs.update({f"val_{key}": v for key, v in vs.items()})
-                logs["sparsity"] = shadow.sparsity()
-                logs["seconds"] = seconds
-                shadow.epochs_done += 1
+                logs = shadow._end_epoch({"loss": loss_sum[k] / n, "accuracy": correct[k] / n}, validation, seconds)
                 for key, v in logs.items():
                     histories[k].setdefault(key, []).append(v)
             mean = {key: float(np.mean([h[key][-1] for h in histories])) for key in histories[0]

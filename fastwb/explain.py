@@ -112,15 +112,11 @@ def _check_model(model):
 
 
 def _check_X(model, X):
-    if type(X) is not np.ndarray:
-        X = np.asarray(X)
-    if X.dtype != model.dtype:
-        raise TypeError(f"X has dtype {X.dtype} but the model is {model.dtype}; convert it with .astype(...)")
-    if X.ndim != 2 or X.shape[1] != model.in_features:
-        raise ValueError(f"X must have shape (n, {model.in_features}), got {X.shape}")
+    """X checked as the model checks its inputs (dtype, width, C-contiguous), and not empty."""
+    X = model._check_x(X)
     if X.shape[0] == 0:
         raise ValueError("X is empty")
-    return np.require(X, requirements=("C", "A"))
+    return X
 
 
 def _check_mode(training):

@@ -134,8 +134,8 @@ class Optimizer:
         """Hyperparameter groups: ``groups[k]`` is a dict overriding some of
         ``GROUP_KEYS`` (``lr``, ``weight_decay``, ``l1``) for the units of group
         ``k + 1`` (see :meth:`set_units`); group 0 is :attr:`hyper` itself.  A
-        group's values are absolute (``LearningRateScheduler`` scales them with
-        the base learning rate).  Validated as the constructor validates."""
+        group's values are absolute (``LearningRateScheduler`` keeps each group's
+        learning rate at its ratio to the base rate).  Validated as the constructor validates."""
         checked = self._checked_groups(groups, self.hyper)
         for i, u in enumerate(self.units):
             if u is not None and u.group.size and u.group.max() > len(checked):

@@ -168,8 +168,7 @@ def _stage_dicts(model, ws):
     for k, st in enumerate(model._plan[ws.start:ws.stop]):
         prm, grd, buf = model._params[st.index], model._grads[st.index], model._buffers[st.index]
         d = {"kind": st.kind, "code": st.code, "alpha": float(st.alpha), "p": float(st.p), "seed": model._seed(st),
-             "grads": any(f"{st.index}.{name}" not in model.frozen for name in st.layer.param_names),
-             "frozen": st.kind == "bn" and f"{st.index}.running_mean" in model.frozen,
+             "grads": model._stage_trains(st), "frozen": model._stage_stats_frozen(st),
              "out": ws.out[k], "pre": ws.pre[k], "grad_in": ws.grad_in[k], "work": ws.work[k],
              "nt_act": ws.nt_act[k], "nt_col": ws.nt_col[k], "nt_drop": ws.nt_drop[k], "nt_bn": ws.nt_bn[k],
              "nt_fwd": ws.nt_gemm[k][0], "nt_dw": ws.nt_gemm[k][1], "nt_dx": ws.nt_gemm[k][2]}

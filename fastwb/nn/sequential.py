@@ -531,23 +531,43 @@ class Sequential:
             self.compile(groups=self.groups)
         return self._step(X, y, self._workspace(X.shape[0]))
 
+    def _end_epoch(self, logs, validation_data, seconds):
+        """Complete an epoch's logs (validation loss and metric, sparsity, seconds)
+        and count the epoch; returns the logs."""
+        if validation_data is not None:
+            vl, vs = self._evaluate(*validation_data, batch_size=1024)
+            logs["val_loss"] = vl
+            logs.update({f"val_{k}": v for k, v in vs.items()})
+        logs["sparsity"] = self.sparsity()
+        logs["seconds"] = seconds
+        self.epochs_done += 1
+        return logs
+
     def _frozen_prefix(self):
         """How many stages at the front compute the same thing in training as in
         inference and have nothing trained: their output can be computed once
         (``fit(..., cache_frozen=True)``)."""
         for k, st in enumerate(self._plan):
-            names = [f"{st.index}.{name}" for name in st.layer.param_names]
-            if (st.p or any(n not in self.frozen for n in names)
-                    or (st.kind == "bn" and f"{st.index}.running_mean" not in self.frozen)):
+            if st.p or self._stage_trains(st) or (st.kind == "bn" and not self._stage_stats_frozen(st)):
                 return k
         return len(self._plan)
+
+    def _stage_trains(self, st):
+        """Whether a stage has a parameter that is not frozen (else no weight gradient)."""
+        return any(f"{st.index}.{name}" not in self.frozen for name in st.layer.param_names)
+
+    def _stage_stats_frozen(self, st):
+        """Whether a BatchNorm stage's running statistics are frozen (used in training, not updated)."""
+        return st.kind == "bn" and f"{st.index}.running_mean" in self.frozen
 
     def _prefix_outputs(self, X, stop, batch_size=1024):
         """The output of the first ``stop`` stages for X, in inference mode (chunks of ``batch_size``)."""
         out = np.empty((X.shape[0], self._widths[stop - 1][1]), self.dtype)
+        ws = None
         for start in range(0, X.shape[0], batch_size):
             chunk = X[start:start + batch_size]
-            ws = Workspace(self, chunk.shape[0], training=False, stop=stop)
+            if ws is None or ws.batch != chunk.shape[0]:       # one plan per chunk size, not per chunk
+                ws = Workspace(self, chunk.shape[0], training=False, stop=stop)
             out[start:start + chunk.shape[0]] = ws.plan.forward(chunk, False, self.step_count)
         return out
 
@@ -557,6 +577,11 @@ class Sequential:
         self.step_count += 1
         return loss
 
+    def _correct(self, ws, y):
+        """How many rows of the workspace's last forward pass predict their class y
+        (0 for a loss without classes)."""
+        return int(np.count_nonzero(np.argmax(ws.out[-1], axis=1) == y)) if self.loss.classification else 0
+
     def _adversarial_step(self, X, y, ws, adv):
         """One step on ``(1 - ratio) * loss(x) + ratio * loss(x_adv)``, x_adv the FGSM
         example of x made with this step's weights (in training mode, as the rest
@@ -565,8 +590,7 @@ class Sequential:
         ratio = adv["ratio"]
         clean = ratio < 1.0
         loss_c = self._gradients(X, y, ws, weights=clean, input_gradient=True)
-        correct = (int(np.count_nonzero(np.argmax(ws.out[-1], axis=1) == y))
-                   if self.loss.classification else 0)
+        correct = self._correct(ws, y)
         if ws.adv is None:
             ws.adv = (np.empty_like(X), np.empty_like(self.grads))
         x_adv, g_clean = ws.adv
@@ -758,10 +782,7 @@ class Sequential:
                 for s in range(0, n, batch_size):
                     idx = order[s:s + batch_size]
                     ws = self._workspace(len(idx), cached)
-                    np.take(data, idx, axis=0, out=ws.x)
-                    if ws.y is None or ws.y.shape[1:] != y.shape[1:] or ws.y.dtype != y.dtype:
-                        ws.y = np.empty((len(idx),) + y.shape[1:], y.dtype)
-                    yb = np.take(y, idx, axis=0, out=ws.y)
+                    yb = _gather(ws, data, y, idx)
                     if schedule is not None:
                         target = schedule(self.step_count - start_step)
                         if current_sparsity is None or target > current_sparsity:
@@ -769,8 +790,7 @@ class Sequential:
                             current_sparsity = target
                     if adversarial is None:
                         loss = self._step(ws.x, yb, ws)
-                        if self.loss.classification:
-                            correct += int(np.count_nonzero(np.argmax(ws.out[-1], axis=1) == yb))
+                        correct += self._correct(ws, yb)
                     else:
                         loss, right = self._adversarial_step(ws.x, yb, ws, adversarial)
                         correct += right
@@ -780,13 +800,7 @@ class Sequential:
                 logs = {"loss": loss_sum / n}
                 # the training metric: from the steps' own outputs for accuracy, else one inference pass
                 logs.update({"accuracy": correct / n} if self.loss.classification else self._scores(X, y))
-                if validation_data is not None:
-                    vl, vs = self._evaluate(*validation_data, batch_size=1024)
-                    logs["val_loss"] = vl
-                    logs.update({f"val_{k}": v for k, v in vs.items()})
-                logs["sparsity"] = self.sparsity()
-                logs["seconds"] = seconds
-                self.epochs_done += 1
+                self._end_epoch(logs, validation_data, seconds)
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, logs)
                 for k, v in logs.items():
@@ -1123,6 +1137,16 @@ def load(path):
             if mask is not None:            # pruning goes on growing from the saved masks
                 model.masks = model._masks_from_flat(opt.masks[0])
     return model
+
+
+def _gather(ws, X, y, idx):
+    """fit's batch: rows ``idx`` of X into the workspace's ``x`` and of y into its
+    ``y`` (made at the first batch, and again when y's shape or dtype changes);
+    returns the targets."""
+    np.take(X, idx, axis=0, out=ws.x)
+    if ws.y is None or ws.y.shape[1:] != y.shape[1:] or ws.y.dtype != y.dtype:
+        ws.y = np.empty((len(idx),) + y.shape[1:], y.dtype)
+    return np.take(y, idx, axis=0, out=ws.y)
 
 
 def _nonempty(X):
