@@ -378,11 +378,7 @@ def lines(report):
                          B._fmt_time(min(s)), B._fmt_time(max(s))])
     out += B._text_table(rows, 34, 12)
     out.append("")
-    rows = [["ratio (median over rounds)", "median", "min", "max", "target"]]
-    for label, med, lo, hi, target, met in verdicts(report):
-        rows.append([label, B._fmt_ratio(med), B._fmt_ratio(lo), B._fmt_ratio(hi),
-                     "(info)" if target is None else f">= {target:g}x {'ok' if met else 'MISSED'}"])
-    out += [B._text_table([r[:4]], 48, 10)[0] + "  " + r[4] for r in rows]
+    out += B.verdict_lines(verdicts(report))
     target = report["ratios"].get(RATIOS[0][0])
     if target:
         out.append(f"  {RATIOS[0][0]}, round by round: " + ", ".join(f"{r:.2f}" for r in target))
@@ -391,11 +387,9 @@ def lines(report):
                    f"largest difference {a['max_diff']:.3g}")
     if report.get("skipped"):
         out.append(f"  PyTorch skipped: {report['skipped']}")
-    missed = [v[0] for v in verdicts(report) if v[5] is False]
-    targets = [v for v in verdicts(report) if v[4] is not None]
-    if targets:
-        out.append(f"  {len(targets) - len(missed)} of {len(targets)} targets met" +
-                   (f"; missed: {'; '.join(missed)}" if missed else ""))
+    summary = B.targets_line(verdicts(report))
+    if summary:
+        out.append(summary)
     return out
 
 

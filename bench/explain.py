@@ -245,12 +245,7 @@ def lines(report):
         per_round.append([str(r + 1), B._load_fmt(load)] + [B._fmt_time(report["seconds"][n][r]) for n in names])
     out += ["  " + "".join(c.rjust(w) for c, w in zip(row, [5, 10] + [15] * len(names))) for row in per_round]
     out.append("")
-    rows = [["ratio (median over rounds)", "median", "min", "max"]]
-    marks = [""]
-    for label, med, lo, hi, target, met in verdicts(report):
-        rows.append([label, B._fmt_ratio(med), B._fmt_ratio(lo), B._fmt_ratio(hi)])
-        marks.append("(info)" if target is None else f">= {target:g}x {'ok' if met else 'MISSED'}")
-    out += [row + "  " + mark for row, mark in zip(B._text_table(rows, 52, 10), marks)]
+    out += B.verdict_lines(verdicts(report), width=52)
     if report.get("max_abs_diff") is not None:
         out.append(f"\n  PyTorch's map against fastwb's: max |diff| {report['max_abs_diff']:.1e}")
     if report.get("skipped"):

@@ -342,11 +342,7 @@ def lines(report):
                          B._fmt_time(min(s)), B._fmt_time(max(s))])
     out += B._text_table(rows, 34, 12)
     out.append("")
-    rows = [["ratio (median over rounds)", "median", "min", "max", "target"]]
-    for label, med, lo, hi, target, met in verdicts(report):
-        rows.append([label, B._fmt_ratio(med), B._fmt_ratio(lo), B._fmt_ratio(hi),
-                     "(info)" if target is None else f">= {target:g}x {'ok' if met else 'MISSED'}"])
-    out += [B._text_table([r[:4]], 48, 10)[0] + "  " + r[4] for r in rows]
+    out += B.verdict_lines(verdicts(report))
     losses = report.get("losses", {})
     if "PyTorch" in losses:
         diff = max(abs(a - b) for a, b in zip(losses["fastwb"], losses["PyTorch"]))
@@ -355,11 +351,9 @@ def lines(report):
                    f"{', '.join(f'{v:.6f}' for v in losses['PyTorch'])} (max |diff| {diff:.1e})")
     if report.get("skipped"):
         out.append(f"  PyTorch skipped: {report['skipped']}")
-    missed = [v[0] for v in verdicts(report) if v[5] is False]
-    targets = [v for v in verdicts(report) if v[4] is not None]
-    if targets:
-        out.append(f"  {len(targets) - len(missed)} of {len(targets)} targets met" +
-                   (f"; missed: {'; '.join(missed)}" if missed else ""))
+    summary = B.targets_line(verdicts(report))
+    if summary:
+        out.append(summary)
     return out
 
 

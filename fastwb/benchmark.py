@@ -109,6 +109,26 @@ def ratio_verdicts(report, ratios):
     return out
 
 
+def verdict_lines(verdicts, width=48):
+    """The table of :func:`ratio_verdicts`: each ratio's median, smallest and
+    largest round and its target's verdict."""
+    rows, marks = [["ratio (median over rounds)", "median", "min", "max"]], ["target"]
+    for label, med, lo, hi, target, met in verdicts:
+        rows.append([label, _fmt_ratio(med), _fmt_ratio(lo), _fmt_ratio(hi)])
+        marks.append("(info)" if target is None else f">= {target:g}x {'ok' if met else 'MISSED'}")
+    return [row + "  " + mark for row, mark in zip(_text_table(rows, width, 10), marks)]
+
+
+def targets_line(verdicts):
+    """"k of n targets met; missed: ..." for :func:`ratio_verdicts`, or None without targets."""
+    missed = [v[0] for v in verdicts if v[5] is False]
+    targets = [v for v in verdicts if v[4] is not None]
+    if not targets:
+        return None
+    return (f"  {len(targets) - len(missed)} of {len(targets)} targets met"
+            + (f"; missed: {'; '.join(missed)}" if missed else ""))
+
+
 def median_ratio(times, num, den):
     """Median over repetitions of times[num] / times[den] (paired)."""
     return float(np.median(times[num] / times[den]))

@@ -338,13 +338,7 @@ def _cmd_train(args):
             f"b mean {s['b_mean']:+.4f} std {s['b_std']:.4f}")
     if args.prune is not None:
         say("sparsity per layer: " + ", ".join(f"{s:.3f}" for s in model.layer_sparsity()))
-    status = 0
-    if args.save:
-        try:
-            model.save(args.save)
-            say(f"saved {args.save}")
-        except OSError as e:
-            status = fail(f"cannot save {args.save}: {e}", 1)
+    status = _save(model, args.save, say, fail)
     if args.plot:
         try:
             _write_figure(fastwb.visualize_weights(model), args.plot, dpi=80)
@@ -354,6 +348,18 @@ def _cmd_train(args):
     if args.quiet:
         print(f"{accuracy:.4f}")
     return status
+
+
+def _save(trained, path, say, fail):
+    """``fastwb train --save``: the model or ensemble to ``path`` (when given); the exit status."""
+    if not path:
+        return 0
+    try:
+        trained.save(path)
+        say(f"saved {path}")
+        return 0
+    except OSError as e:
+        return fail(f"cannot save {path}: {e}", 1)
 
 
 def _train_ensemble(args, first, sizes, dtype, lr, epochs, batch, data, say, fail):
@@ -392,13 +398,7 @@ def _train_ensemble(args, first, sizes, dtype, lr, epochs, batch, data, say, fai
         f"Brier {scores['brier']:.4f}, ECE {scores['ece']:.4f}")
     say("members' test accuracy: " + ", ".join(f"{a:.4f}" for a in members))
     say(f"training: {seconds:.2f} s, {args.ensemble * epochs * len(X_train) / max(seconds, 1e-9):,.0f} samples/s")
-    status = 0
-    if args.save:
-        try:
-            ens.save(args.save)
-            say(f"saved {args.save}")
-        except OSError as e:
-            status = fail(f"cannot save {args.save}: {e}", 1)
+    status = _save(ens, args.save, say, fail)
     if args.quiet:
         print(f"{scores['accuracy']:.4f}")
     return status
