@@ -33,7 +33,7 @@ import textwrap
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-EXTENSIONS = ["_threads", "_dense", "_losses", "_optim", "_prune", "_gemm", "_engine", "_norm", "_adversarial"]
+EXTENSIONS = ["_threads", "_dense", "_losses", "_optim", "_prune", "_gemm", "_engine", "_norm", "_adversarial", "_quant"]
 
 _OMP_PROBE = textwrap.dedent(
     """

@@ -1,0 +1,460 @@
+/* fastwb's int8 inference kernels: dynamic quantization of activations and
+ * exact u8 x s8 matrix products with a fused float epilogue.
+ *
+ * One quantized Linear, y = act(x W + b), runs as
+ *
+ *   1. row statistics:  per row of x its finite minimum and maximum, and a
+ *      flag for a row holding NaN or Inf (fwb_q8_row_stats, or the previous
+ *      layer's output pass);
+ *   2. parameters:      the batch's min/max over the finite rows gives the
+ *      activation scale s_a and zero point z (fwb_q8_qparams, PyTorch's
+ *      ChooseQuantizationParams, exactly);
+ *   3. quantization:    a = clamp(nearbyint(fma(x, 1/s_a, z)), 0, qmax), one
+ *      rounding of x/s_a + z as FBGEMM's AVX2 path does, into a uint8 matrix
+ *      whose rows are padded with zeros to a multiple of 4 (a bad row is all z);
+ *   4. the product:     acc[i,j] = sum_k a[i,k] w[k,j] in int32, exactly, over a
+ *      packed copy of the int8 weights, and in the same register tile the
+ *      epilogue  y = (float)(acc - z colsum[j]) * (s_a s_w[j]) + b[j]
+ *      (a float product, then a float sum: no fused multiply-add);
+ *   5. the output pass: the activation, NaN over every bad row, and the row
+ *      statistics of y for the next layer, in one pass per row.
+ *
+ * Packed weights (made once, at quantization): panels of FWB_Q8_NR = 16
+ * output columns, K padded with zero weights to a multiple of 4, laid out
+ * [panel][k/4][16 columns][4 k] in bytes: one k-group of a panel is 64 bytes,
+ * two ymm registers or one zmm, and the 4 bytes of a column are the four
+ * products one vpdpbusd (or vpmaddubsw + vpmaddwd) lane adds.
+ *
+ * The kernel paths (FWB_Q8_SCALAR ... FWB_Q8_AVX512VNNI) differ only in the
+ * instruction that adds four u8 x s8 products into an int32 lane:
+ *   scalar      plain C over the packed layout;
+ *   avx2        qmax <= 127 (7-bit activations): vpmaddubsw + vpmaddwd(1):
+ *               a pair sum is at most 2 * 127 * 128 = 32512 < 2^15, so the
+ *               int16 saturation of vpmaddubsw can never happen;
+ *               qmax = 255: the bytes are split into even and odd int16 lanes
+ *               and multiplied with vpmaddwd (i16 x i16 -> i32, exact);
+ *   avxvnni     vpdpbusd on ymm (the non-saturating form);
+ *   avx512vnni  vpdpbusd on zmm.
+ * The int32 sums are exact whenever |sum_k (a - z) w| < 2^31, which the Python
+ * layer guarantees by refusing K > 65536 (255 * 128 * 65536 < 2^31; the
+ * intermediate acc and z colsum may wrap, their difference is exact).  The
+ * float epilogue is the same C expression on every path, and the order of the
+ * k sum does not matter for integers, so every path and every thread count
+ * gives the same bits.  Nothing here validates or allocates.
+ */
+#ifndef FWB_Q8_H
+#define FWB_Q8_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "fwb_omp.h"
+#include "fwb_rows.h"
+
+#define FWB_Q8_NR 16            /* output columns per packed panel */
+#define FWB_Q8_ROWS 64          /* rows per tile of the product (a multiple of every MR) */
+#define FWB_Q8_SMALL_SCALE 6.1e-5f  /* PyTorch's SMALL_SCALE_THRESHOLD (fp16's smallest normal) */
+
+enum { FWB_Q8_SCALAR = 0, FWB_Q8_AVX2 = 1, FWB_Q8_AVXVNNI = 2, FWB_Q8_AVX512VNNI = 3, FWB_Q8_NPATHS = 4 };
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
+#define FWB_Q8_X86 1
+#include <immintrin.h>
+#else
+#define FWB_Q8_X86 0
+#endif
+
+static inline ptrdiff_t fwb_q8_k4(ptrdiff_t K) { return (K + 3) / 4; }
+static inline ptrdiff_t fwb_q8_panels(ptrdiff_t N) { return (N + FWB_Q8_NR - 1) / FWB_Q8_NR; }
+
+/* Whether this CPU (and this build) can run a path. */
+static int fwb_q8_supported(int path) {
+    if (path == FWB_Q8_SCALAR)
+        return 1;
+#if FWB_Q8_X86
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (path == FWB_Q8_AVX2)
+        return avx2;
+    if (path == FWB_Q8_AVXVNNI)
+        return avx2 && __builtin_cpu_supports("avxvnni");
+    if (path == FWB_Q8_AVX512VNNI)
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+               && __builtin_cpu_supports("avx512vnni");
+#endif
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* weights: packing and column sums (once, at quantization)           */
+/* ------------------------------------------------------------------ */
+
+/* Bp <- the packed layout of W (K, N) row-major int8; Bp holds
+ * fwb_q8_panels(N) * fwb_q8_k4(K) * 64 bytes. */
+static void fwb_q8_pack(const int8_t *W, ptrdiff_t K, ptrdiff_t N, int8_t *Bp) {
+    ptrdiff_t K4 = fwb_q8_k4(K), P = fwb_q8_panels(N);
+    memset(Bp, 0, (size_t)(P * K4 * 64));
+    for (ptrdiff_t k = 0; k < K; k++)
+        for (ptrdiff_t j = 0; j < N; j++) {
+            ptrdiff_t p = j / FWB_Q8_NR, c = j % FWB_Q8_NR;
+            Bp[((p * K4 + k / 4) * FWB_Q8_NR + c) * 4 + k % 4] = W[k * N + j];
+        }
+}
+
+/* colsum[j] = sum_k W[k, j] for j < N, 0 up to the panels' width. */
+static void fwb_q8_colsums(const int8_t *W, ptrdiff_t K, ptrdiff_t N, int32_t *colsum) {
+    ptrdiff_t P = fwb_q8_panels(N);
+    memset(colsum, 0, (size_t)(P * FWB_Q8_NR) * sizeof(int32_t));
+    for (ptrdiff_t k = 0; k < K; k++)
+        for (ptrdiff_t j = 0; j < N; j++)
+            colsum[j] += W[k * N + j];
+}
+
+/* ------------------------------------------------------------------ */
+/* activation parameters                                              */
+/* ------------------------------------------------------------------ */
+
+/* PyTorch's quant_utils::ChooseQuantizationParams(min, max, 0, 255,
+ * preserve_sparsity=false, force_scale_power_of_two=false, reduce_range)
+ * (aten/src/ATen/native/quantized/cpu/QuantUtils.h), with qmax = 255, or 127
+ * under reduce_range: the range is widened to hold 0, the scale computed in
+ * double, 0.1 when it is 0 or its float reciprocal overflows, floored at
+ * 6.1e-5 (and min/max stretched to match), the zero point taken from the end
+ * with the smaller error (the error terms as PyTorch writes them) and rounded
+ * half to even.  The scale used is the float rounding of the double. */
+static inline void fwb_q8_qparams(float mn, float mx, int qmax, float *scale_out, int *zp_out) {
+    const int qmin = 0;
+    mn = mn < 0.0f ? mn : 0.0f;
+    mx = mx > 0.0f ? mx : 0.0f;
+    double scale = ((double)mx - (double)mn) / (double)(qmax - qmin);
+    if ((float)scale == 0.0f || isinf(1.0f / (float)scale))
+        scale = 0.1;
+    if (scale < (double)FWB_Q8_SMALL_SCALE) {
+        float org = (float)scale;
+        scale = (double)FWB_Q8_SMALL_SCALE;
+        if (mn == 0.0f)
+            mx = FWB_Q8_SMALL_SCALE * (float)(qmax - qmin);
+        else if (mx == 0.0f)
+            mn = -FWB_Q8_SMALL_SCALE * (float)(qmax - qmin);
+        else {
+            float amp = FWB_Q8_SMALL_SCALE / org;
+            mn *= amp;
+            mx *= amp;
+        }
+    }
+    double zp_min = (double)qmin - (double)mn / scale;
+    double zp_max = (double)qmax - (double)mx / scale;
+    double err_min = fabs((double)qmin) - fabs((double)mn / scale);
+    double err_max = fabs((double)qmax) - fabs((double)mx / scale);
+    double z0 = err_min < err_max ? zp_min : zp_max;
+    *zp_out = z0 < qmin ? qmin : z0 > qmax ? qmax : (int)nearbyint(z0);
+    *scale_out = (float)scale;
+}
+
+/* ------------------------------------------------------------------ */
+/* row passes                                                         */
+/* ------------------------------------------------------------------ */
+
+/* The finite minimum and maximum of x[0..n) and whether it holds a NaN or an
+ * Inf (then mn/mx mean nothing).  An empty row gives +inf, -inf, good. */
+FWB_CLONES FWB_HEADER_FN static void fwb_q8_stats(const float *x, ptrdiff_t n, float *mn_out, float *mx_out,
+                                                  uint8_t *bad_out) {
+    float mn = INFINITY, mx = -INFINITY, nonfinite = 0.0f;
+    for (ptrdiff_t k = 0; k < n; k++) {
+        float v = x[k];
+        mn = v < mn ? v : mn;
+        mx = v > mx ? v : mx;
+        nonfinite += v - v;             /* 0 for a finite v, NaN for NaN and +-Inf */
+    }
+    *mn_out = mn;
+    *mx_out = mx;
+    *bad_out = nonfinite != 0.0f;
+}
+
+/* a[k] = clamp(nearbyint(fma(x[k], inv, zp)), 0, qmax) for k < K; zeros up to
+ * K4 * 4.  The scalar path calls C's fmaf (correctly rounded, like the
+ * instruction). */
+static void fwb_q8_quantize_scalar(const float *x, ptrdiff_t K, float inv, float zpf, float qmaxf, uint8_t *a) {
+    ptrdiff_t k;
+    for (k = 0; k < K; k++) {
+        float t = fmaf(x[k], inv, zpf);
+        t = t > 0.0f ? t : 0.0f;
+        t = t < qmaxf ? t : qmaxf;
+        a[k] = (uint8_t)(int)nearbyintf(t);
+    }
+    for (; k % 4; k++)
+        a[k] = 0;
+}
+
+#if FWB_Q8_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+static void fwb_q8_quantize_avx2(const float *x, ptrdiff_t K, float inv, float zpf, float qmaxf, uint8_t *a) {
+    const __m256 vinv = _mm256_set1_ps(inv), vzp = _mm256_set1_ps(zpf), vmax = _mm256_set1_ps(qmaxf);
+    const __m256 vzero = _mm256_setzero_ps();
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    ptrdiff_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m256i q[4];
+        for (int u = 0; u < 4; u++) {
+            __m256 t = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8 * u), vinv, vzp);
+            t = _mm256_min_ps(_mm256_max_ps(t, vzero), vmax);
+            q[u] = _mm256_cvtps_epi32(t);   /* round half to even (the default rounding mode) */
+        }
+        /* 32 int32 in 0..255 -> 32 bytes: the packs interleave 128-bit lanes, the permute undoes it */
+        __m256i w01 = _mm256_packus_epi32(q[0], q[1]), w23 = _mm256_packus_epi32(q[2], q[3]);
+        __m256i b = _mm256_packus_epi16(w01, w23);
+        _mm256_storeu_si256((__m256i *)(a + k), _mm256_permutevar8x32_epi32(b, order));
+    }
+    for (; k < K; k++) {
+        float t = fmaf(x[k], inv, zpf);     /* one vfmadd instruction under this target */
+        t = t > 0.0f ? t : 0.0f;
+        t = t < qmaxf ? t : qmaxf;
+        a[k] = (uint8_t)_mm_cvtss_si32(_mm_set_ss(t));
+    }
+    for (; k % 4; k++)
+        a[k] = 0;
+}
+#pragma GCC pop_options
+#else
+#define fwb_q8_quantize_avx2 fwb_q8_quantize_scalar
+#endif
+
+/* ------------------------------------------------------------------ */
+/* the product with its epilogue: one MR x 16 register tile           */
+/* ------------------------------------------------------------------ */
+
+/* Everything a tile needs to finish its outputs. */
+typedef struct {
+    const int32_t *corr;    /* z * colsum[j], per column (padded to the panels) */
+    const float *mult;      /* s_a * s_w[j] */
+    const float *bias;      /* b[j] (zeros without a bias) */
+} fwb_q8_epi;
+
+/* The epilogue of one output element, the same expression on every path. */
+static inline float fwb_q8_finish(int32_t acc, int32_t corr, float mult, float bias) {
+    return (float)(int32_t)((uint32_t)acc - (uint32_t)corr) * mult + bias;
+}
+
+static void fwb_q8_tile_scalar(int mr, const uint8_t *a, ptrdiff_t lda, const int8_t *bp, ptrdiff_t K4,
+                               const fwb_q8_epi *e, ptrdiff_t j0, int ncols, float *y, ptrdiff_t ldy) {
+    for (int r = 0; r < mr; r++) {
+        int32_t acc[FWB_Q8_NR] = {0};
+        const uint8_t *ar = a + r * lda;
+        for (ptrdiff_t g = 0; g < K4; g++)
+            for (int c = 0; c < FWB_Q8_NR; c++) {
+                const int8_t *b = bp + (g * FWB_Q8_NR + c) * 4;
+                /* uint32 arithmetic: wraps where int32 would overflow (see the header) */
+                acc[c] = (int32_t)((uint32_t)acc[c] + (uint32_t)((int32_t)ar[4 * g] * b[0] + (int32_t)ar[4 * g + 1] * b[1]
+                                                                 + (int32_t)ar[4 * g + 2] * b[2] + (int32_t)ar[4 * g + 3] * b[3]));
+            }
+        for (int c = 0; c < ncols; c++)
+            y[r * ldy + c] = fwb_q8_finish(acc[c], e->corr[j0 + c], e->mult[j0 + c], e->bias[j0 + c]);
+    }
+}
+
+#if FWB_Q8_X86
+/* The ymm tiles, written once (fwb_q8_ymm_impl.h) for three ways of adding
+ * four u8 x s8 products into an int32 lane. */
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define FWB_Q8_NAME avx2u7
+#define FWB_Q8_PREP_B(b, lo, hi) (lo = (b))
+#define FWB_Q8_PREP_A(v, lo, hi) (lo = (v))
+#define FWB_Q8_DOT(acc, alo, ahi, blo, bhi) \
+    (acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(alo, blo), ones16)))
+#include "fwb_q8_ymm_impl.h"
+
+#define FWB_Q8_NAME avx2u8
+#define FWB_Q8_PREP_B(b, lo, hi) (lo = _mm256_srai_epi16(_mm256_slli_epi16(b, 8), 8), hi = _mm256_srai_epi16(b, 8))
+#define FWB_Q8_PREP_A(v, lo, hi) (lo = _mm256_and_si256(v, low8), hi = _mm256_srli_epi16(v, 8))
+#define FWB_Q8_DOT(acc, alo, ahi, blo, bhi) \
+    (acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(alo, blo), _mm256_madd_epi16(ahi, bhi))))
+#include "fwb_q8_ymm_impl.h"
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avxvnni")
+#define FWB_Q8_NAME avxvnni
+#define FWB_Q8_PREP_B(b, lo, hi) (lo = (b))
+#define FWB_Q8_PREP_A(v, lo, hi) (lo = (v))
+#define FWB_Q8_DOT(acc, alo, ahi, blo, bhi) (acc = _mm256_dpbusd_avx_epi32(acc, alo, blo))
+#include "fwb_q8_ymm_impl.h"
+#pragma GCC pop_options
+
+/* zmm: one register holds a whole k-group of a panel. */
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vnni")
+#define FWB_Q8_ZMR 8
+static inline __attribute__((always_inline)) void fwb_q8_ztile(const int mr, const uint8_t *a, ptrdiff_t lda,
+                                                               const int8_t *bp, ptrdiff_t K4, const fwb_q8_epi *e,
+                                                               ptrdiff_t j0, int ncols, float *y, ptrdiff_t ldy) {
+    __m512i acc[FWB_Q8_ZMR];
+    for (int r = 0; r < mr; r++)
+        acc[r] = _mm512_setzero_si512();
+    for (ptrdiff_t g = 0; g < K4; g++) {
+        __m512i b = _mm512_loadu_si512((const void *)(bp + g * 64));
+        for (int r = 0; r < mr; r++) {
+            int32_t quad;
+            memcpy(&quad, a + r * lda + 4 * g, 4);
+            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(quad), b);
+        }
+    }
+    const __m512i corr = _mm512_loadu_si512((const void *)(e->corr + j0));
+    const __m512 mult = _mm512_loadu_ps(e->mult + j0), bias = _mm512_loadu_ps(e->bias + j0);
+    const __mmask16 keep = (__mmask16)((1u << ncols) - 1u);
+    for (int r = 0; r < mr; r++) {
+        __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r], corr));
+        _mm512_mask_storeu_ps(y + r * ldy, keep, _mm512_add_ps(_mm512_mul_ps(v, mult), bias));
+    }
+}
+
+static void fwb_q8_tile_avx512vnni(int mr, const uint8_t *a, ptrdiff_t lda, const int8_t *bp, ptrdiff_t K4,
+                                   const fwb_q8_epi *e, ptrdiff_t j0, int ncols, float *y, ptrdiff_t ldy) {
+    for (; mr >= FWB_Q8_ZMR; mr -= FWB_Q8_ZMR, a += FWB_Q8_ZMR * lda, y += FWB_Q8_ZMR * ldy)
+        fwb_q8_ztile(FWB_Q8_ZMR, a, lda, bp, K4, e, j0, ncols, y, ldy);
+    switch (mr) {
+    case 7: fwb_q8_ztile(7, a, lda, bp, K4, e, j0, ncols, y, ldy); break;
+    case 6: fwb_q8_ztile(6, a, lda, bp, K4, e, j0, ncols, y, ldy); break;
+    case 5: fwb_q8_ztile(5, a, lda, bp, K4, e, j0, ncols, y, ldy); break;
+    case 4: fwb_q8_ztile(4, a, lda, bp, K4, e, j0, ncols, y, ldy); break;
+    case 3: fwb_q8_ztile(3, a, lda, bp, K4, e, j0, ncols, y, ldy); break;
+    case 2: fwb_q8_ztile(2, a, lda, bp, K4, e, j0, ncols, y, ldy); break;
+    case 1: fwb_q8_ztile(1, a, lda, bp, K4, e, j0, ncols, y, ldy); break;
+    default: break;
+    }
+}
+#undef FWB_Q8_ZMR
+#pragma GCC pop_options
+#endif
+
+typedef void (*fwb_q8_tile_fn)(int, const uint8_t *, ptrdiff_t, const int8_t *, ptrdiff_t, const fwb_q8_epi *,
+                               ptrdiff_t, int, float *, ptrdiff_t);
+
+/* The tile function of a path for activations of at most qmax. */
+static fwb_q8_tile_fn fwb_q8_tile_of(int path, int qmax) {
+#if FWB_Q8_X86
+    if (path == FWB_Q8_AVX2)
+        return qmax <= 127 ? fwb_q8_tile_avx2u7 : fwb_q8_tile_avx2u8;
+    if (path == FWB_Q8_AVXVNNI)
+        return fwb_q8_tile_avxvnni;
+    if (path == FWB_Q8_AVX512VNNI)
+        return fwb_q8_tile_avx512vnni;
+#endif
+    (void)path;
+    (void)qmax;
+    return fwb_q8_tile_scalar;
+}
+
+/* ------------------------------------------------------------------ */
+/* one quantized Linear over a batch                                  */
+/* ------------------------------------------------------------------ */
+
+/* A quantized Linear: packed weights and per-column constants. */
+typedef struct {
+    ptrdiff_t K, N;
+    const int8_t *Bp;       /* packed, fwb_q8_panels(N) * fwb_q8_k4(K) * 64 bytes */
+    const int32_t *colsum;  /* padded to the panels */
+    const float *wscale;    /* s_w[j], padded (per tensor: all equal) */
+    const float *bias;      /* b[j], padded, zeros without a bias */
+    int act;                /* FWB_ACT_* */
+    float alpha;            /* LeakyReLU's slope */
+} fwb_q8_layer;
+
+/* Per-batch scratch of one layer (M rows). */
+typedef struct {
+    uint8_t *A;             /* M * k4(K) * 4 */
+    int32_t *corr;          /* panels(N) * 16 */
+    float *mult;            /* panels(N) * 16 */
+} fwb_q8_scratch;
+
+/* Row statistics of x (M, K) into mn/mx/bad (M each), rows split over threads. */
+static void fwb_q8_row_stats(const float *x, ptrdiff_t M, ptrdiff_t K, float *mn, float *mx, uint8_t *bad,
+                             int n_threads) {
+    ptrdiff_t i;
+    (void)n_threads;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
+    for (i = 0; i < M; i++)
+        fwb_q8_stats(x + i * K, K, mn + i, mx + i, bad + i);
+}
+
+/* The batch's range over its good rows (0, 0 when none is good). */
+static void fwb_q8_batch_range(const float *mn, const float *mx, const uint8_t *bad, ptrdiff_t M, float *lo,
+                               float *hi) {
+    float l = INFINITY, h = -INFINITY;
+    for (ptrdiff_t i = 0; i < M; i++)
+        if (!bad[i]) {
+            l = mn[i] < l ? mn[i] : l;
+            h = mx[i] > h ? mx[i] : h;
+        }
+    if (l > h)                  /* no good row with an element */
+        l = h = 0.0f;
+    *lo = l;
+    *hi = h;
+}
+
+/* y (M, N) = the layer applied to x (M, K), whose row statistics are mn/mx/bad
+ * (updated in place to those of y when want_stats).  Returns nothing; a bad row
+ * of x gives a NaN row of y.  Tiles: FWB_Q8_ROWS rows x one panel, panel-major,
+ * split statically over the threads; each output element is computed by one
+ * tile in one fixed order, so the result does not depend on n_threads. */
+static void fwb_q8_linear(const fwb_q8_layer *L, const float *x, ptrdiff_t M, float *y, float *mn, float *mx,
+                          uint8_t *bad, int qmax, int path, const fwb_q8_scratch *s, int want_stats,
+                          int n_threads) {
+    ptrdiff_t K = L->K, N = L->N, K4 = fwb_q8_k4(K), P = fwb_q8_panels(N), lda = K4 * 4;
+    float lo, hi, scale;
+    int zp;
+    fwb_q8_batch_range(mn, mx, bad, M, &lo, &hi);
+    fwb_q8_qparams(lo, hi, qmax, &scale, &zp);
+    const float inv = 1.0f / scale, zpf = (float)zp, qmaxf = (float)qmax;
+    for (ptrdiff_t j = 0; j < P * FWB_Q8_NR; j++) {
+        s->corr[j] = (int32_t)((uint32_t)zp * (uint32_t)L->colsum[j]);
+        s->mult[j] = scale * L->wscale[j];
+    }
+    const fwb_q8_epi e = {s->corr, s->mult, L->bias};
+    const fwb_q8_tile_fn tile = fwb_q8_tile_of(path, qmax);
+    const int simd = path != FWB_Q8_SCALAR;
+    const ptrdiff_t RB = (M + FWB_Q8_ROWS - 1) / FWB_Q8_ROWS, T = P * RB;
+    (void)simd;
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
+    {
+        ptrdiff_t i, t;
+#pragma omp for schedule(static)
+        for (i = 0; i < M; i++) {
+            uint8_t *a = s->A + i * lda;
+            if (bad[i])
+                memset(a, zp, (size_t)lda);
+#if FWB_Q8_X86
+            else if (simd)
+                fwb_q8_quantize_avx2(x + i * K, K, inv, zpf, qmaxf, a);
+#endif
+            else
+                fwb_q8_quantize_scalar(x + i * K, K, inv, zpf, qmaxf, a);
+        }
+#pragma omp for schedule(static)
+        for (t = 0; t < T; t++) {
+            ptrdiff_t p = t / RB, r0 = (t % RB) * FWB_Q8_ROWS;
+            ptrdiff_t rows = M - r0 < FWB_Q8_ROWS ? M - r0 : FWB_Q8_ROWS;
+            ptrdiff_t j0 = p * FWB_Q8_NR;
+            int ncols = (int)(N - j0 < FWB_Q8_NR ? N - j0 : FWB_Q8_NR);
+            tile((int)rows, s->A + r0 * lda, lda, L->Bp + p * K4 * 64, K4, &e, j0, ncols, y + r0 * N + j0, N);
+        }
+#pragma omp for schedule(static)
+        for (i = 0; i < M; i++) {
+            float *yr = y + i * N;
+            if (bad[i]) {
+                for (ptrdiff_t j = 0; j < N; j++)
+                    yr[j] = NAN;
+                continue;
+            }
+            if (L->act != FWB_ACT_IDENTITY)
+                fwb_bias_act_f32(yr, NULL, yr, N, L->act, L->alpha);
+            if (want_stats)
+                fwb_q8_stats(yr, N, mn + i, mx + i, bad + i);
+        }
+    }
+}
+
+#endif /* FWB_Q8_H */
