@@ -55,6 +55,7 @@
 
 #define FWB_Q8_NR 16            /* output columns per packed panel */
 #define FWB_Q8_ROWS 64          /* rows per tile of the product (a multiple of every MR) */
+#define FWB_Q8_L2_WEIGHTS (256 * 1024)  /* packed weights this small are walked rows first */
 #define FWB_Q8_SMALL_SCALE 6.1e-5f  /* PyTorch's SMALL_SCALE_THRESHOLD (fp16's smallest normal) */
 
 enum { FWB_Q8_SCALAR = 0, FWB_Q8_AVX2 = 1, FWB_Q8_AVXVNNI = 2, FWB_Q8_AVX512VNNI = 3, FWB_Q8_NPATHS = 4 };
@@ -260,26 +261,56 @@ static void fwb_q8_tile_scalar(int mr, const uint8_t *a, ptrdiff_t lda, const in
  * four u8 x s8 products into an int32 lane. */
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+/* a quad of activation bytes broadcast to every lane */
+static inline __attribute__((always_inline)) __m256i fwb_q8_bcast(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
 #define FWB_Q8_NAME avx2u7
+#define FWB_Q8_AGROUP 4
+#define FWB_Q8_LOAD_A(p, lo, hi) (lo = fwb_q8_bcast(p))
 #define FWB_Q8_PREP_B(b, lo, hi) (lo = (b))
-#define FWB_Q8_PREP_A(v, lo, hi) (lo = (v))
 #define FWB_Q8_DOT(acc, alo, ahi, blo, bhi) \
     (acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(alo, blo), ones16)))
 #include "fwb_q8_ymm_impl.h"
 
+/* 8-bit activations come split (fwb_q8_quantize_avx2_split): per k-group the
+ * int16 pair (a0, a2), then (a1, a3); the weight bytes are split the same way
+ * by sign-extending shifts, and vpmaddwd adds i16 x i16 products exactly. */
 #define FWB_Q8_NAME avx2u8
+#define FWB_Q8_AGROUP 8
+#define FWB_Q8_LOAD_A(p, lo, hi) (lo = fwb_q8_bcast(p), hi = fwb_q8_bcast((p) + 4))
 #define FWB_Q8_PREP_B(b, lo, hi) (lo = _mm256_srai_epi16(_mm256_slli_epi16(b, 8), 8), hi = _mm256_srai_epi16(b, 8))
-#define FWB_Q8_PREP_A(v, lo, hi) (lo = _mm256_and_si256(v, low8), hi = _mm256_srli_epi16(v, 8))
 #define FWB_Q8_DOT(acc, alo, ahi, blo, bhi) \
     (acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(alo, blo), _mm256_madd_epi16(ahi, bhi))))
 #include "fwb_q8_ymm_impl.h"
+
+/* a[0 .. 8 k4) <- the split form of the quantized row a8[0 .. 4 k4), which may
+ * be the second half of a itself (every group is read before it is overwritten) */
+static void fwb_q8_split(const uint8_t *a8, ptrdiff_t K4, uint8_t *a) {
+    const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15,
+                                           0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+    ptrdiff_t g = 0;
+    for (; g + 4 <= K4; g += 4) {
+        __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(a8 + 4 * g)));
+        _mm256_storeu_si256((__m256i *)(a + 8 * g), _mm256_shuffle_epi8(w, order));
+    }
+    for (; g < K4; g++) {
+        /* (read first: the last group's output overlaps its input) */
+        uint8_t q0 = a8[4 * g], q1 = a8[4 * g + 1], q2 = a8[4 * g + 2], q3 = a8[4 * g + 3];
+        uint8_t *o = a + 8 * g;
+        o[0] = q0, o[1] = 0, o[2] = q2, o[3] = 0, o[4] = q1, o[5] = 0, o[6] = q3, o[7] = 0;
+    }
+}
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,avxvnni")
 #define FWB_Q8_NAME avxvnni
+#define FWB_Q8_AGROUP 4
+#define FWB_Q8_LOAD_A(p, lo, hi) (lo = fwb_q8_bcast(p))
 #define FWB_Q8_PREP_B(b, lo, hi) (lo = (b))
-#define FWB_Q8_PREP_A(v, lo, hi) (lo = (v))
 #define FWB_Q8_DOT(acc, alo, ahi, blo, bhi) (acc = _mm256_dpbusd_avx_epi32(acc, alo, blo))
 #include "fwb_q8_ymm_impl.h"
 #pragma GCC pop_options
@@ -365,20 +396,10 @@ typedef struct {
 
 /* Per-batch scratch of one layer (M rows). */
 typedef struct {
-    uint8_t *A;             /* M * k4(K) * 4 */
+    uint8_t *A;             /* M * k4(K) * 8 (4 but on the split AVX2 path) */
     int32_t *corr;          /* panels(N) * 16 */
     float *mult;            /* panels(N) * 16 */
 } fwb_q8_scratch;
-
-/* Row statistics of x (M, K) into mn/mx/bad (M each), rows split over threads. */
-static void fwb_q8_row_stats(const float *x, ptrdiff_t M, ptrdiff_t K, float *mn, float *mx, uint8_t *bad,
-                             int n_threads) {
-    ptrdiff_t i;
-    (void)n_threads;
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
-    for (i = 0; i < M; i++)
-        fwb_q8_stats(x + i * K, K, mn + i, mx + i, bad + i);
-}
 
 /* The batch's range over its good rows (0, 0 when none is good). */
 static void fwb_q8_batch_range(const float *mn, const float *mx, const uint8_t *bad, ptrdiff_t M, float *lo,
@@ -395,65 +416,142 @@ static void fwb_q8_batch_range(const float *mn, const float *mx, const uint8_t *
     *hi = h;
 }
 
+/* One layer's batch: what every thread of fwb_q8_linear reads. */
+typedef struct {
+    const fwb_q8_layer *L;
+    const float *x;
+    float *y, *mn, *mx;
+    uint8_t *bad, *A;
+    ptrdiff_t M, lda, RB, P, T;
+    float inv, zpf, qmaxf;
+    int zp, simd, split, want_stats, rows_first;
+    fwb_q8_epi e;
+    fwb_q8_tile_fn tile;
+} fwb_q8_batch;
+
+static inline void fwb_q8_share(ptrdiff_t n, int tid, int nth, ptrdiff_t *lo, ptrdiff_t *hi) {
+    *lo = n * tid / nth;
+    *hi = n * (tid + 1) / nth;
+}
+
+/* Thread tid of nth: its share of the quantization pass, the product's tiles
+ * and the output pass, with a barrier between them when nth > 1. */
+static void fwb_q8_phases(const fwb_q8_batch *b, int tid, int nth) {
+    const fwb_q8_layer *L = b->L;
+    ptrdiff_t K = L->K, N = L->N, lo, hi, i, t;
+    fwb_q8_share(b->M, tid, nth, &lo, &hi);
+    for (i = lo; i < hi; i++) {
+        uint8_t *a = b->A + i * b->lda;
+        /* the split form is written from the plain one, in the second half of the row's slot */
+        uint8_t *a8 = b->split ? a + b->lda / 2 : a;
+        if (b->bad[i])
+            memset(a8, b->zp, (size_t)(4 * fwb_q8_k4(K)));
+#if FWB_Q8_X86
+        else if (b->simd)
+            fwb_q8_quantize_avx2(b->x + i * K, K, b->inv, b->zpf, b->qmaxf, a8);
+#endif
+        else
+            fwb_q8_quantize_scalar(b->x + i * K, K, b->inv, b->zpf, b->qmaxf, a8);
+#if FWB_Q8_X86
+        if (b->split)
+            fwb_q8_split(a8, fwb_q8_k4(K), a);
+#endif
+    }
+    if (nth > 1) {
+#pragma omp barrier
+    }
+    fwb_q8_share(b->T, tid, nth, &lo, &hi);
+    for (t = lo; t < hi; t++) {
+        ptrdiff_t p = b->rows_first ? t % b->P : t / b->RB;
+        ptrdiff_t r0 = (b->rows_first ? t / b->P : t % b->RB) * FWB_Q8_ROWS;
+        ptrdiff_t rows = b->M - r0 < FWB_Q8_ROWS ? b->M - r0 : FWB_Q8_ROWS;
+        ptrdiff_t j0 = p * FWB_Q8_NR;
+        int ncols = (int)(N - j0 < FWB_Q8_NR ? N - j0 : FWB_Q8_NR);
+        b->tile((int)rows, b->A + r0 * b->lda, b->lda, L->Bp + p * fwb_q8_k4(K) * 64, fwb_q8_k4(K), &b->e, j0,
+                ncols, b->y + r0 * N + j0, N);
+    }
+    if (nth > 1) {
+#pragma omp barrier
+    }
+    fwb_q8_share(b->M, tid, nth, &lo, &hi);
+    for (i = lo; i < hi; i++) {
+        float *yr = b->y + i * N;
+        if (b->bad[i]) {
+            for (ptrdiff_t j = 0; j < N; j++)
+                yr[j] = NAN;
+            continue;
+        }
+        if (L->act != FWB_ACT_IDENTITY)
+            fwb_bias_act_f32(yr, NULL, yr, N, L->act, L->alpha);
+        if (b->want_stats)
+            fwb_q8_stats(yr, N, b->mn + i, b->mx + i, b->bad + i);
+    }
+}
+
 /* y (M, N) = the layer applied to x (M, K), whose row statistics are mn/mx/bad
- * (updated in place to those of y when want_stats).  Returns nothing; a bad row
- * of x gives a NaN row of y.  Tiles: FWB_Q8_ROWS rows x one panel, panel-major,
- * split statically over the threads; each output element is computed by one
- * tile in one fixed order, so the result does not depend on n_threads. */
+ * (updated in place to those of y when want_stats).  A bad row of x gives a
+ * NaN row of y.  The product's tiles are FWB_Q8_ROWS rows x one panel,
+ * in row-block-major or panel-major order, split into n_threads contiguous shares; each output element is
+ * computed by one tile in one fixed order, so the result does not depend on
+ * n_threads.  One thread enters no OpenMP region. */
 static void fwb_q8_linear(const fwb_q8_layer *L, const float *x, ptrdiff_t M, float *y, float *mn, float *mx,
                           uint8_t *bad, int qmax, int path, const fwb_q8_scratch *s, int want_stats,
                           int n_threads) {
-    ptrdiff_t K = L->K, N = L->N, K4 = fwb_q8_k4(K), P = fwb_q8_panels(N), lda = K4 * 4;
+    ptrdiff_t P = fwb_q8_panels(L->N);
     float lo, hi, scale;
     int zp;
     fwb_q8_batch_range(mn, mx, bad, M, &lo, &hi);
     fwb_q8_qparams(lo, hi, qmax, &scale, &zp);
-    const float inv = 1.0f / scale, zpf = (float)zp, qmaxf = (float)qmax;
     for (ptrdiff_t j = 0; j < P * FWB_Q8_NR; j++) {
         s->corr[j] = (int32_t)((uint32_t)zp * (uint32_t)L->colsum[j]);
         s->mult[j] = scale * L->wscale[j];
     }
-    const fwb_q8_epi e = {s->corr, s->mult, L->bias};
-    const fwb_q8_tile_fn tile = fwb_q8_tile_of(path, qmax);
-    const int simd = path != FWB_Q8_SCALAR;
-    const ptrdiff_t RB = (M + FWB_Q8_ROWS - 1) / FWB_Q8_ROWS, T = P * RB;
-    (void)simd;
-#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
-    {
-        ptrdiff_t i, t;
-#pragma omp for schedule(static)
-        for (i = 0; i < M; i++) {
-            uint8_t *a = s->A + i * lda;
-            if (bad[i])
-                memset(a, zp, (size_t)lda);
-#if FWB_Q8_X86
-            else if (simd)
-                fwb_q8_quantize_avx2(x + i * K, K, inv, zpf, qmaxf, a);
-#endif
-            else
-                fwb_q8_quantize_scalar(x + i * K, K, inv, zpf, qmaxf, a);
-        }
-#pragma omp for schedule(static)
-        for (t = 0; t < T; t++) {
-            ptrdiff_t p = t / RB, r0 = (t % RB) * FWB_Q8_ROWS;
-            ptrdiff_t rows = M - r0 < FWB_Q8_ROWS ? M - r0 : FWB_Q8_ROWS;
-            ptrdiff_t j0 = p * FWB_Q8_NR;
-            int ncols = (int)(N - j0 < FWB_Q8_NR ? N - j0 : FWB_Q8_NR);
-            tile((int)rows, s->A + r0 * lda, lda, L->Bp + p * K4 * 64, K4, &e, j0, ncols, y + r0 * N + j0, N);
-        }
-#pragma omp for schedule(static)
-        for (i = 0; i < M; i++) {
-            float *yr = y + i * N;
-            if (bad[i]) {
-                for (ptrdiff_t j = 0; j < N; j++)
-                    yr[j] = NAN;
-                continue;
-            }
-            if (L->act != FWB_ACT_IDENTITY)
-                fwb_bias_act_f32(yr, NULL, yr, N, L->act, L->alpha);
-            if (want_stats)
-                fwb_q8_stats(yr, N, mn + i, mx + i, bad + i);
-        }
+    fwb_q8_batch b;
+    b.L = L;
+    b.x = x;
+    b.y = y;
+    b.mn = mn;
+    b.mx = mx;
+    b.bad = bad;
+    b.A = s->A;
+    b.M = M;
+    b.split = path == FWB_Q8_AVX2 && qmax > 127;
+    b.lda = fwb_q8_k4(L->K) * (b.split ? 8 : 4);
+    b.RB = (M + FWB_Q8_ROWS - 1) / FWB_Q8_ROWS;
+    b.P = P;
+    b.T = P * b.RB;
+    /* weights that fit in L2 stay there while row blocks go by (rows first);
+     * larger ones are read once, a panel at a time, and the rows go by each */
+    b.rows_first = P * fwb_q8_k4(L->K) * 64 <= FWB_Q8_L2_WEIGHTS;
+    b.inv = 1.0f / scale;
+    b.zpf = (float)zp;
+    b.qmaxf = (float)qmax;
+    b.zp = zp;
+    b.simd = path != FWB_Q8_SCALAR;
+    b.want_stats = want_stats;
+    b.e.corr = s->corr;
+    b.e.mult = s->mult;
+    b.e.bias = L->bias;
+    b.tile = fwb_q8_tile_of(path, qmax);
+    if (n_threads > 1) {
+#pragma omp parallel num_threads(n_threads)
+        fwb_q8_phases(&b, omp_get_thread_num(), omp_get_num_threads());
+    } else {
+        fwb_q8_phases(&b, 0, 1);
+    }
+}
+
+/* Row statistics of x (M, K) into mn/mx/bad (M each), rows split over threads. */
+static void fwb_q8_row_stats(const float *x, ptrdiff_t M, ptrdiff_t K, float *mn, float *mx, uint8_t *bad,
+                             int n_threads) {
+    ptrdiff_t i;
+    if (n_threads > 1) {
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+        for (i = 0; i < M; i++)
+            fwb_q8_stats(x + i * K, K, mn + i, mx + i, bad + i);
+    } else {
+        for (i = 0; i < M; i++)
+            fwb_q8_stats(x + i * K, K, mn + i, mx + i, bad + i);
     }
 }
 

@@ -3,7 +3,8 @@
  * `#pragma GCC target`, with
  *   FWB_Q8_NAME                the path's name (fwb_q8_tile_<NAME> is defined)
  *   FWB_Q8_PREP_B(b, lo, hi)   a k-group's 32 weight bytes -> the operands (lo, hi)
- *   FWB_Q8_PREP_A(v, lo, hi)   a broadcast activation quad -> the operands
+ *   FWB_Q8_AGROUP              bytes of one row's k-group in the activations (4, or 8 split)
+ *   FWB_Q8_LOAD_A(p, lo, hi)   a row's k-group at p -> the broadcast operands
  *   FWB_Q8_DOT(acc, alo, ahi, blo, bhi)   acc += the four products per lane, exactly
  * which it undefines.  A tile is mr <= 4 rows by the 16 columns of a panel:
  * 8 int32 accumulators, the two weight vectors of the k-group shared by the
@@ -17,10 +18,9 @@
 static inline __attribute__((always_inline)) void FWB_Q8_FN(fwb_q8_ytile)(
         const int mr, const uint8_t *a, ptrdiff_t lda, const int8_t *bp, ptrdiff_t K4, const fwb_q8_epi *e,
         ptrdiff_t j0, int ncols, float *y, ptrdiff_t ldy) {
-    const __m256i ones16 = _mm256_set1_epi16(1), low8 = _mm256_set1_epi16(0x00ff);
+    const __m256i ones16 = _mm256_set1_epi16(1);
     __m256i acc[FWB_Q8_MR][2];
     (void)ones16;
-    (void)low8;
     for (int r = 0; r < mr; r++)
         acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (ptrdiff_t g = 0; g < K4; g++) {
@@ -32,10 +32,8 @@ static inline __attribute__((always_inline)) void FWB_Q8_FN(fwb_q8_ytile)(
         (void)b0h;
         (void)b1h;
         for (int r = 0; r < mr; r++) {
-            int32_t quad;
-            memcpy(&quad, a + r * lda + 4 * g, 4);
-            __m256i v = _mm256_set1_epi32(quad), al, ah = v;
-            FWB_Q8_PREP_A(v, al, ah);
+            __m256i al, ah;
+            FWB_Q8_LOAD_A(a + r * lda + FWB_Q8_AGROUP * g, al, ah);
             (void)ah;
             FWB_Q8_DOT(acc[r][0], al, ah, b0l, b0h);
             FWB_Q8_DOT(acc[r][1], al, ah, b1l, b1h);
@@ -77,5 +75,6 @@ static void FWB_Q8_FN(fwb_q8_tile)(int mr, const uint8_t *a, ptrdiff_t lda, cons
 #undef FWB_Q8_CAT_
 #undef FWB_Q8_NAME
 #undef FWB_Q8_PREP_B
-#undef FWB_Q8_PREP_A
+#undef FWB_Q8_LOAD_A
+#undef FWB_Q8_AGROUP
 #undef FWB_Q8_DOT

@@ -138,7 +138,7 @@ cdef class QNet:
             self.c_layers[l].Bp, self.c_layers[l].colsum = &bp[0], &cs[0]
             self.c_layers[l].wscale, self.c_layers[l].bias = &ws[0], &bs[0]
             self.c_layers[l].act, self.c_layers[l].alpha = d["act"], d["alpha"]
-            self.widest_in = max(self.widest_in, fwb_q8_k4(d["K"]) * 4)
+            self.widest_in = max(self.widest_in, fwb_q8_k4(d["K"]) * 8)
             self.widest_out = max(self.widest_out, fwb_q8_panels(d["N"]) * FWB_Q8_NR)
         self.in_features, self.out_features = layers[0]["K"], layers[len(layers) - 1]["N"]
 
@@ -146,27 +146,41 @@ cdef class QNet:
         free(self.c_layers)
 
     def workspace(self, Py_ssize_t M):
-        """The scratch arrays of a forward pass over M rows."""
-        return (np.empty(M * self.widest_in, np.uint8), np.empty(self.widest_out, np.int32),
-                np.empty(self.widest_out, np.float32), np.empty((2, M * self.widest_out), np.float32),
-                np.empty(M, np.float32), np.empty(M, np.float32), np.empty(M, np.uint8))
+        """The scratch of a forward pass over M rows."""
+        return _Workspace(M, self.widest_in, self.widest_out)
 
-    def forward(self, const float[:, ::1] X, float[:, ::1] out, tuple ws, int path, int n_threads):
-        """out = the network applied to X (M >= 1 rows), in workspace ``ws``."""
-        cdef uint8_t[::1] A = ws[0], bad = ws[6]
-        cdef int32_t[::1] corr = ws[1]
-        cdef float[::1] mult = ws[2], mn = ws[4], mx = ws[5]
-        cdef float[:, ::1] tmp = ws[3]
+    def forward(self, const float[:, ::1] X, float[:, ::1] out, _Workspace ws, int path, int n_threads):
+        """out = the network applied to X (M >= 1 rows, ``ws.rows`` of them)."""
         cdef Py_ssize_t M = X.shape[0], l
-        cdef fwb_q8_scratch s
         cdef const float *x
         cdef float *y
-        s.A, s.corr, s.mult = &A[0], &corr[0], &mult[0]
         with nogil:
-            fwb_q8_row_stats(&X[0, 0], M, self.in_features, &mn[0], &mx[0], &bad[0], n_threads)
+            fwb_q8_row_stats(&X[0, 0], M, self.in_features, ws.mn, ws.mx, ws.bad, n_threads)
             x = &X[0, 0]
             for l in range(self.n_layers):
-                y = &out[0, 0] if l == self.n_layers - 1 else &tmp[l % 2, 0]
-                fwb_q8_linear(&self.c_layers[l], x, M, y, &mn[0], &mx[0], &bad[0], self.qmax, path, &s,
+                y = &out[0, 0] if l == self.n_layers - 1 else ws.tmp[l % 2]
+                fwb_q8_linear(&self.c_layers[l], x, M, y, ws.mn, ws.mx, ws.bad, self.qmax, path, &ws.s,
                               l < self.n_layers - 1, n_threads)
                 x = y
+
+
+cdef class _Workspace:
+    """The scratch arrays of one forward pass over ``rows`` rows, with their pointers."""
+    cdef public Py_ssize_t rows
+    cdef fwb_q8_scratch s
+    cdef float *tmp[2]
+    cdef float *mn
+    cdef float *mx
+    cdef uint8_t *bad
+    cdef object _arrays
+
+    def __init__(self, Py_ssize_t rows, Py_ssize_t widest_in, Py_ssize_t widest_out):
+        cdef uint8_t[::1] A = np.empty(max(rows * widest_in, 1), np.uint8), bad = np.empty(max(rows, 1), np.uint8)
+        cdef int32_t[::1] corr = np.empty(widest_out, np.int32)
+        cdef float[::1] mult = np.empty(widest_out, np.float32)
+        cdef float[:, ::1] tmp = np.empty((2, max(rows * widest_out, 1)), np.float32)
+        cdef float[:, ::1] stats = np.empty((2, max(rows, 1)), np.float32)
+        self.rows, self._arrays = rows, (A, bad, corr, mult, tmp, stats)
+        self.s.A, self.s.corr, self.s.mult = &A[0], &corr[0], &mult[0]
+        self.tmp[0], self.tmp[1] = &tmp[0, 0], &tmp[1, 0]
+        self.mn, self.mx, self.bad = &stats[0, 0], &stats[1, 0], &bad[0]
