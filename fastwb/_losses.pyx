@@ -26,6 +26,15 @@ def softmax_rows(const floating[:, ::1] z,   # IN  (n, m), m >= 1
                  int n_threads):
     """p[i] = softmax(z[i]) for every row i."""
     cdef Py_ssize_t n = z.shape[0], m = z.shape[1], rb = _rows_per_block(m), blk, r0, r1
+    if n <= rb:         # one block (a latency call): no OpenMP region
+        if n == 0:
+            return
+        with nogil:
+            if floating is float:
+                fwb_softmax_block_f32(&z[0, 0], &p[0, 0], n, m)
+            else:
+                fwb_softmax_block_f64(&z[0, 0], &p[0, 0], n, m)
+        return
     with nogil:
         for blk in prange((n + rb - 1) // rb, schedule="static", num_threads=n_threads):
             r0 = blk * rb

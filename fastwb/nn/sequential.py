@@ -834,10 +834,12 @@ class Sequential:
         n = X.shape[0]
         if self._generation != Layer.generation:
             self._replan()
-        if self._batch_stats(False):
+        batch_stats = self._batch_stats(False)
+        if batch_stats:
             batch_size = max(n, 1)
         if 0 < n <= batch_size:                 # one chunk: the latency path
-            self._check_rows(n, False)
+            if batch_stats:
+                self._check_rows(n, False)
             ws = self._pool.take(self, n)
             try:
                 return ws.plan.forward(X, False, self.step_count).copy()
