@@ -54,7 +54,7 @@
 #include "fwb_rows.h"
 
 #define FWB_Q8_NR 16            /* output columns per packed panel */
-#define FWB_Q8_ROWS 64          /* rows per tile of the product (a multiple of every MR) */
+#define FWB_Q8_ROWS 32          /* rows per tile of the product (a multiple of every MR) */
 #define FWB_Q8_L2_WEIGHTS (256 * 1024)  /* packed weights this small are walked rows first */
 #define FWB_Q8_SMALL_SCALE 6.1e-5f  /* PyTorch's SMALL_SCALE_THRESHOLD (fp16's smallest normal) */
 
@@ -434,13 +434,10 @@ static inline void fwb_q8_share(ptrdiff_t n, int tid, int nth, ptrdiff_t *lo, pt
     *hi = n * (tid + 1) / nth;
 }
 
-/* Thread tid of nth: its share of the quantization pass, the product's tiles
- * and the output pass, with a barrier between them when nth > 1. */
-static void fwb_q8_phases(const fwb_q8_batch *b, int tid, int nth) {
-    const fwb_q8_layer *L = b->L;
-    ptrdiff_t K = L->K, N = L->N, lo, hi, i, t;
-    fwb_q8_share(b->M, tid, nth, &lo, &hi);
-    for (i = lo; i < hi; i++) {
+/* Rows [lo, hi) of x quantized into A (the split form on the 8-bit AVX2 path). */
+static void fwb_q8_quantize_range(const fwb_q8_batch *b, ptrdiff_t lo, ptrdiff_t hi) {
+    ptrdiff_t K = b->L->K;
+    for (ptrdiff_t i = lo; i < hi; i++) {
         uint8_t *a = b->A + i * b->lda;
         /* the split form is written from the plain one, in the second half of the row's slot */
         uint8_t *a8 = b->split ? a + b->lda / 2 : a;
@@ -457,24 +454,28 @@ static void fwb_q8_phases(const fwb_q8_batch *b, int tid, int nth) {
             fwb_q8_split(a8, fwb_q8_k4(K), a);
 #endif
     }
-    if (nth > 1) {
-#pragma omp barrier
-    }
-    fwb_q8_share(b->T, tid, nth, &lo, &hi);
-    for (t = lo; t < hi; t++) {
+}
+
+/* Tiles [lo, hi) of the product, in the batch's order (see fwb_q8_linear). */
+static void fwb_q8_tile_range(const fwb_q8_batch *b, ptrdiff_t lo, ptrdiff_t hi) {
+    const fwb_q8_layer *L = b->L;
+    ptrdiff_t N = L->N, K4 = fwb_q8_k4(L->K);
+    for (ptrdiff_t t = lo; t < hi; t++) {
         ptrdiff_t p = b->rows_first ? t % b->P : t / b->RB;
         ptrdiff_t r0 = (b->rows_first ? t / b->P : t % b->RB) * FWB_Q8_ROWS;
         ptrdiff_t rows = b->M - r0 < FWB_Q8_ROWS ? b->M - r0 : FWB_Q8_ROWS;
         ptrdiff_t j0 = p * FWB_Q8_NR;
         int ncols = (int)(N - j0 < FWB_Q8_NR ? N - j0 : FWB_Q8_NR);
-        b->tile((int)rows, b->A + r0 * b->lda, b->lda, L->Bp + p * fwb_q8_k4(K) * 64, fwb_q8_k4(K), &b->e, j0,
-                ncols, b->y + r0 * N + j0, N);
+        b->tile((int)rows, b->A + r0 * b->lda, b->lda, L->Bp + p * K4 * 64, K4, &b->e, j0, ncols,
+                b->y + r0 * N + j0, N);
     }
-    if (nth > 1) {
-#pragma omp barrier
-    }
-    fwb_q8_share(b->M, tid, nth, &lo, &hi);
-    for (i = lo; i < hi; i++) {
+}
+
+/* The output pass over rows [lo, hi): activation, NaN rows, next statistics. */
+static void fwb_q8_output_range(const fwb_q8_batch *b, ptrdiff_t lo, ptrdiff_t hi) {
+    const fwb_q8_layer *L = b->L;
+    ptrdiff_t N = L->N;
+    for (ptrdiff_t i = lo; i < hi; i++) {
         float *yr = b->y + i * N;
         if (b->bad[i]) {
             for (ptrdiff_t j = 0; j < N; j++)
@@ -486,6 +487,31 @@ static void fwb_q8_phases(const fwb_q8_batch *b, int tid, int nth) {
         if (b->want_stats)
             fwb_q8_stats(yr, N, b->mn + i, b->mx + i, b->bad + i);
     }
+}
+
+/* Thread tid of nth: its share of the layer.  Rows first, a thread takes whole
+ * row blocks and needs no other thread's rows: it quantizes, multiplies and
+ * finishes its own rows, with no barrier.  Panels first, the threads share the
+ * quantization pass, then the tiles, then the output pass, with a barrier
+ * between them. */
+static void fwb_q8_phases(const fwb_q8_batch *b, int tid, int nth) {
+    ptrdiff_t lo, hi;
+    if (b->rows_first) {
+        fwb_q8_share(b->RB, tid, nth, &lo, &hi);
+        ptrdiff_t r0 = lo * FWB_Q8_ROWS, r1 = hi * FWB_Q8_ROWS < b->M ? hi * FWB_Q8_ROWS : b->M;
+        fwb_q8_quantize_range(b, r0, r1);
+        fwb_q8_tile_range(b, lo * b->P, hi * b->P);
+        fwb_q8_output_range(b, r0, r1);
+        return;
+    }
+    fwb_q8_share(b->M, tid, nth, &lo, &hi);
+    fwb_q8_quantize_range(b, lo, hi);
+#pragma omp barrier
+    fwb_q8_share(b->T, tid, nth, &lo, &hi);
+    fwb_q8_tile_range(b, lo, hi);
+#pragma omp barrier
+    fwb_q8_share(b->M, tid, nth, &lo, &hi);
+    fwb_q8_output_range(b, lo, hi);
 }
 
 /* y (M, N) = the layer applied to x (M, K), whose row statistics are mn/mx/bad
@@ -521,8 +547,9 @@ static void fwb_q8_linear(const fwb_q8_layer *L, const float *x, ptrdiff_t M, fl
     b.P = P;
     b.T = P * b.RB;
     /* weights that fit in L2 stay there while row blocks go by (rows first);
-     * larger ones are read once, a panel at a time, and the rows go by each */
-    b.rows_first = P * fwb_q8_k4(L->K) * 64 <= FWB_Q8_L2_WEIGHTS;
+     * larger ones (or too few row blocks for the threads) are read once, a panel
+     * at a time, and the rows go by each */
+    b.rows_first = P * fwb_q8_k4(L->K) * 64 <= FWB_Q8_L2_WEIGHTS && b.RB >= n_threads;
     b.inv = 1.0f / scale;
     b.zpf = (float)zp;
     b.qmaxf = (float)qmax;

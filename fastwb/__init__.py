@@ -20,7 +20,8 @@ Public layer (start reading here):
 * features built on the engine, imported on first use (``fastwb.explain``
   ...): :mod:`fastwb.explain` (saliency maps, attributions),
   :mod:`fastwb.adversarial` (FGSM, PGD, robust accuracy),
-  :mod:`fastwb.ensemble` (deep ensembles, MC dropout, uncertainty).
+  :mod:`fastwb.ensemble` (deep ensembles, MC dropout, uncertainty),
+  :mod:`fastwb.quantize` (int8 dynamic quantization for inference).
 
 The compiled kernels live in the private ``fastwb._dense``, ``_losses``,
 ``_optim`` and ``_prune`` (Cython + OpenMP) over C helpers in ``csrc/``.
@@ -48,7 +49,7 @@ __all__ = [
 
 
 #: modules built on the engine, imported when first used as ``fastwb.<name>``
-FEATURES = ("explain", "adversarial", "ensemble")
+FEATURES = ("explain", "adversarial", "ensemble", "quantize")
 
 
 def __getattr__(name):

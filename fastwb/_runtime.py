@@ -471,8 +471,16 @@ def config():
         "wait_policy": WAIT_POLICY,
         "blas": _blas_info(),
         "gemm": _blas.info(),
+        "int8_paths": _int8_paths(),
         "build": _threads.build_info(),
     }
+
+
+def _int8_paths():
+    """The int8 kernel paths this CPU runs, fastest last (the default of
+    fastwb.quantize unless FASTWB_INT8_PATH names another)."""
+    from fastwb import _quant
+    return ", ".join(name for i, name in enumerate(_quant.PATHS) if _quant.supported(i))
 
 
 def show_config():
@@ -483,7 +491,8 @@ def show_config():
     ``cpu_budget`` (:func:`cpu_budget` at import: the default thread count
     and what bounded it), ``wait_policy``, ``blas`` (NumPy's BLAS, the only
     one fastwb uses), ``gemm`` (how fastwb calls it: tiled from fastwb's own
-    threads with the BLAS's entry point named, or ``np.matmul`` and why) and
+    threads with the BLAS's entry point named, or ``np.matmul`` and why),
+    ``int8_paths`` (the int8 kernels this CPU runs, fastest last) and
     ``build`` (compiler and flags of the installed binary).
     """
     cfg = config()

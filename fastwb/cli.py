@@ -8,11 +8,13 @@
                                  write a saved model's eval-mode network as ONNX
     fastwb attack MODEL --eps 0.1 [--attack fgsm|pgd] [--dataset mnist] [--save-examples PNG]
                                  clean and robust accuracy of a saved classifier under attack
+    fastwb quantize MODEL -o OUT [--per-tensor] [--reduce-range] [--dataset digits]
+                                 write a saved model's int8 version and compare it with the float one
     fastwb --version
 
 Every option is checked while the command line is parsed, before any data is
 loaded or any work done: a bad value is one line on stderr and exit status 2.
-Output paths (``--save``, ``--plot``, ``--json``, ``--markdown``, ``--onnx``) are checked
+Output paths (``--save``, ``--plot``, ``--json``, ``--markdown``, ``--onnx``, ``-o``) are checked
 up front too, so a typo never costs a finished run, and what ``train`` writes
 is written atomically (:func:`fastwb._io.atomic_open`).
 """
@@ -178,13 +180,14 @@ def _fail(command, message, status=2):
     return status
 
 
-def _load_model(command, path):
-    """``(model, None)`` from the checkpoint at ``path`` (:func:`fastwb.nn.load`), or
-    ``(None, exit status)`` after one line on stderr for a missing or bad file."""
-    from fastwb import nn
+def _load_model(command, path, load=None):
+    """``(model, None)`` from the checkpoint at ``path`` (:func:`fastwb.nn.load`, or
+    ``load``), or ``(None, exit status)`` after one line on stderr for a missing or bad file."""
+    if load is None:
+        from fastwb.nn import load
 
     try:
-        return nn.load(path), None
+        return load(path), None
     except OSError as e:
         return None, _fail(command, f"cannot load {path}: {e.strerror or e}")
     except ValueError as e:             # a damaged or foreign file: the message usually names it first
@@ -241,9 +244,75 @@ def summary_lines(summary, name):
     return lines
 
 
+def _checkpoint_kind(path):
+    """What the fastwb file at ``path`` holds, from its zip directory and format
+    member alone: "quantized" (:meth:`fastwb.quantize.QuantizedModel.save`),
+    "ensemble" (:meth:`fastwb.ensemble.Ensemble.save`), or None: a float
+    checkpoint, or a file whose loader will say what is wrong with it."""
+    from fastwb._io import NpzReader
+    from fastwb.ensemble import ENSEMBLE_FORMAT
+
+    try:
+        with NpzReader(path) as npz:
+            if "quantized" in npz.members:
+                return "quantized"
+            if "format" in npz.members and str(npz.read("format", max_bytes=1024)) == ENSEMBLE_FORMAT:
+                return "ensemble"
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def quantized_summary(q):
+    """What ``fastwb info MODEL`` reports for a quantized model, JSON-serialisable:
+    its repr, kernel path (and the paths this CPU can run), the bytes of its
+    arrays, and its specification (:meth:`fastwb.quantize.QuantizedModel.spec`)."""
+    from fastwb import quantize
+
+    return {"class": type(q).__name__, "repr": repr(q), "kernel_path": q.path,
+            "available_paths": quantize.available_paths(), "nbytes": q.nbytes, "in_features": q.in_features,
+            "out_features": q.out_features, **q.spec()}
+
+
+def quantized_lines(summary, name):
+    """:func:`quantized_summary` as text lines."""
+    s = summary
+    lines = [f"{name}: {s['repr']}",
+             (f"  kernel path {s['kernel_path']} (this CPU runs {', '.join(s['available_paths'])}; "
+              "FASTWB_INT8_PATH chooses)"),
+             f"  {s['nbytes']:,} bytes of arrays: packed int8 weights, int32 column sums, float32 scales and biases",
+             (f"  {'per-channel' if s['per_channel'] else 'per-tensor'} weight scales, "
+              f"{'7' if s['reduce_range'] else '8'}-bit activations, loss {s['loss']}")]
+    rows = [("#", "layer", "activation", "bias")]
+    rows += [(str(i), f"Linear({la['in_features']}, {la['out_features']}) int8", la["activation"],
+              "yes" if la["bias"] else "no") for i, la in enumerate(s["layers"])]
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    for r in rows:
+        lines.append(f"  {r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip())
+    return lines
+
+
+def _info_quantized(args):
+    """``fastwb info MODEL`` for a file written by :meth:`fastwb.quantize.QuantizedModel.save`."""
+    from fastwb import quantize
+
+    q, status = _load_model("info", args.model, quantize.load)
+    if q is None:
+        return status
+    summary = quantized_summary(q)
+    if args.json:
+        json.dump({"model": args.model, **summary}, sys.stdout, indent=2)
+        print()
+    else:
+        print("\n".join(quantized_lines(summary, args.model)))
+    return 0
+
+
 def _cmd_info(args):
     import fastwb
 
+    if args.model is not None and _checkpoint_kind(args.model) == "quantized":
+        return _info_quantized(args)
     if args.model is not None:
         model, status = _load_model("info", args.model)
         if model is None:
@@ -479,6 +548,91 @@ def _cmd_explain(args):
     return 0
 
 
+METRIC_NAMES = {"cross_entropy": "accuracy", "bce_with_logits": "accuracy", "mse": "R^2"}
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:             # one of them does not exist (yet)
+        return False
+
+
+def _cmd_quantize(args):
+    import numpy as np
+
+    import fastwb
+    from fastwb import quantize
+
+    kind = _checkpoint_kind(args.model)
+    if kind == "quantized":
+        return _fail("quantize", f"{args.model} is already an int8 model (fastwb quantize); quantize the float "
+                                 "model it was made from")
+    if kind == "ensemble":
+        return _fail("quantize", f"{args.model} is a deep ensemble (fastwb train --ensemble); fastwb quantize "
+                                 "takes one model")
+    if _same_file(args.model, args.output):
+        return _fail("quantize", f"-o {args.output} is the float model itself; write the int8 model to another file")
+    model, status = _load_model("quantize", args.model)
+    if model is None:
+        return status
+    if args.threads is not None:
+        fastwb.set_num_threads(args.threads)
+    model.eval()
+    try:
+        q = quantize.quantize_dynamic(model, per_channel=not args.per_tensor,
+                                      reduce_range=True if args.reduce_range else None)
+    except ValueError as e:         # training-only layers in the wrong place, NaN weights, a float16 model, ...
+        return _fail("quantize", f"cannot quantize {args.model}: {e}")
+    X, y, status = _test_split("quantize", model, args)
+    if X is None:
+        return status
+    if model.loss.name == "cross_entropy" and len(y) and int(y.max()) >= model.out_features:
+        return _fail("quantize", f"{args.model} has {model.out_features} classes, but the {args.dataset} labels "
+                                 f"go up to {int(y.max())}")
+    X = np.ascontiguousarray(X)
+    X32 = X if X.dtype == np.float32 else X.astype(np.float32)
+    try:
+        before = model.evaluate(X, y, batch_size=args.batch_size)[1]
+        after = q.evaluate(X32, y, batch_size=args.batch_size)[1]
+    except ValueError as e:         # labels that do not fit the model's loss
+        return _fail("quantize", f"cannot evaluate {args.model} on the {args.dataset} test split: {e}")
+    seconds = []
+    for run in (lambda: model.logits(X, args.batch_size), lambda: q.logits(X32, args.batch_size)):
+        run()                       # warm: workspaces and plans exist, caches are filled
+        t0 = time.perf_counter()
+        out = run()
+        seconds.append(time.perf_counter() - t0)
+        if len(seconds) == 1:
+            float_logits = out
+    drift = float(np.max(np.abs(out.astype(np.float64) - float_logits))) if out.size else 0.0
+    try:
+        q.save(args.output)
+    except OSError as e:
+        return _fail("quantize", f"cannot write {args.output}: {e}", 1)
+    size_before, size_after = model.params.nbytes, q.nbytes
+    metric = METRIC_NAMES.get(model.loss.name, "score")
+    threads = fastwb.get_num_threads()
+    if args.json:
+        print(json.dumps({"model": args.model, "output": args.output, "dataset": args.dataset, "n": len(X),
+                          "kernel_path": q.path, "per_channel": q.per_channel, "reduce_range": q.reduce_range,
+                          "nbytes_before": size_before, "nbytes_after": size_after, "metric": metric,
+                          "before": before, "after": after, "max_abs_logit_diff": drift,
+                          "seconds_before": seconds[0], "seconds_after": seconds[1], "threads": threads}))
+        return 0
+    change = (f"{100 * (after - before):+.2f} points" if metric == "accuracy" else f"{after - before:+.4f}")
+    print(f"wrote {args.output}: {q!r}")
+    print(f"kernel path      {q.path} (this CPU runs {', '.join(quantize.available_paths())})")
+    print(f"size             {size_before:,} -> {size_after:,} bytes ({size_before / max(size_after, 1):.2f}x smaller: "
+          f"{model.dtype.name} parameters -> int8 weights with their scales, column sums and biases)")
+    print(f"test {metric:<12}{before:.4f} -> {after:.4f} ({change}) on {len(X)} {args.dataset} test images")
+    print(f"max |logit diff| {drift:.4g} ({model.dtype.name} model vs int8, over the test split)")
+    print(f"inference        {seconds[0] * 1e3:.3g} ms -> {seconds[1] * 1e3:.3g} ms "
+          f"(speed-up {seconds[0] / max(seconds[1], 1e-12):.2f}x; one warm run each, batch {args.batch_size}, "
+          f"up to {threads} thread{'s' if threads > 1 else ''})")
+    return 0
+
+
 def attack_budget(text):
     """An attack budget: a finite real number >= 0 (input units: pixels in [0, 1])."""
     value = _number(text, float, "a number >= 0")
@@ -570,7 +724,8 @@ def build_parser():
                                        "saved model")
     info.add_argument("model", nargs="?", metavar="MODEL",
                       help="a model saved by fastwb (Sequential.save, fastwb train --save): print its layers, "
-                           "parameter counts, Linear sparsity, dtype, loss, steps and epochs instead")
+                           "parameter counts, Linear sparsity, dtype, loss, steps and epochs instead; for an int8 "
+                           "model (fastwb quantize) its layers, kernel path and size in bytes")
     info.add_argument("--json", action="store_true", help="print the configuration (or the model's summary) as JSON")
     info.set_defaults(func=_cmd_info)
 
@@ -702,6 +857,29 @@ def build_parser():
                              "perturbations here (needs matplotlib)")
     attack.add_argument("--json", action="store_true", help="print the results as one JSON line")
     attack.set_defaults(func=_cmd_attack)
+    quantize = sub.add_parser("quantize", help="write a saved model's int8 version and compare it with the float one",
+                              description="Quantize a saved float model to int8 (fastwb.quantize.quantize_dynamic: "
+                                          "int8 weights, activations quantized per batch at inference), write it, "
+                                          "and print the sizes, the test accuracy, the largest logit difference "
+                                          "and the inference time of the float and the int8 model.")
+    quantize.add_argument("model", metavar="MODEL",
+                          help="a float model saved by fastwb (Sequential.save, fastwb train --save)")
+    quantize.add_argument("-o", "--output", type=output_path, required=True, metavar="PATH",
+                          help="the int8 model to write (read it with fastwb.quantize.load)")
+    quantize.add_argument("--per-tensor", action="store_true",
+                          help="one weight scale per Linear layer instead of one per output column")
+    quantize.add_argument("--reduce-range", action="store_true",
+                          help="7-bit activations (0..127, PyTorch's default) instead of 8-bit ones")
+    quantize.add_argument("--dataset", choices=sorted(DEFAULTS), default="digits",
+                          help="the test images (default: digits; the model must take their pixel count)")
+    quantize.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
+                                              "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    quantize.add_argument("--batch-size", type=positive_int, default=1024, metavar="N",
+                          help="rows per inference call; each batch gets its own activation scales (default 1024)")
+    quantize.add_argument("--seed", type=non_negative_int, default=0, help="seed of the digits split")
+    quantize.add_argument("--threads", type=thread_count, help="fastwb threads (default: as fastwb train)")
+    quantize.add_argument("--json", action="store_true", help="print the results as one JSON line")
+    quantize.set_defaults(func=_cmd_quantize)
     return parser
 
 
