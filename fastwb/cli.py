@@ -292,19 +292,17 @@ def quantized_lines(summary, name):
     return lines
 
 
-def _info_quantized(args):
-    """``fastwb info MODEL`` for a file written by :meth:`fastwb.quantize.QuantizedModel.save`."""
-    from fastwb import quantize
-
-    q, status = _load_model("info", args.model, quantize.load)
-    if q is None:
+def _info_file(args, load, summarise, lines):
+    """``fastwb info MODEL``: the summary of a model file, as text or JSON."""
+    model, status = _load_model("info", args.model, load)
+    if model is None:
         return status
-    summary = quantized_summary(q)
+    summary = summarise(model)
     if args.json:
         json.dump({"model": args.model, **summary}, sys.stdout, indent=2)
         print()
     else:
-        print("\n".join(quantized_lines(summary, args.model)))
+        print("\n".join(lines(summary, args.model)))
     return 0
 
 
@@ -312,18 +310,10 @@ def _cmd_info(args):
     import fastwb
 
     if args.model is not None and _checkpoint_kind(args.model) == "quantized":
-        return _info_quantized(args)
+        from fastwb import quantize
+        return _info_file(args, quantize.load, quantized_summary, quantized_lines)
     if args.model is not None:
-        model, status = _load_model("info", args.model)
-        if model is None:
-            return status
-        summary = model_summary(model)
-        if args.json:
-            json.dump({"model": args.model, **summary}, sys.stdout, indent=2)
-            print()
-        else:
-            print("\n".join(summary_lines(summary, args.model)))
-        return 0
+        return _info_file(args, None, model_summary, summary_lines)
     if args.json:
         json.dump(fastwb._runtime.config(), sys.stdout, indent=2)
         print()

@@ -242,23 +242,11 @@ class QuantizedModel:
     def predict_proba(self, X, batch_size=1024):
         """Softmax of the output (cross_entropy), sigmoid of it (bce_with_logits);
         the output itself for regression."""
-        z = self.logits(X, batch_size)
-        if self.loss.name == "cross_entropy":
-            z -= z.max(axis=1, keepdims=True)
-            np.exp(z, out=z)
-            z /= z.sum(axis=1, keepdims=True)
-        elif self.loss.name == "bce_with_logits":
-            z = 1 / (1 + np.exp(-z))
-        return z
+        return self.loss.probabilities(self.logits(X, batch_size))
 
     def predict(self, X, batch_size=1024):
         """Predicted classes (cross_entropy), 0/1 labels (bce_with_logits) or values (mse)."""
-        z = self.logits(X, batch_size)
-        if self.loss.name == "cross_entropy":
-            return z.argmax(axis=1)
-        if self.loss.name == "bce_with_logits":
-            return (z > 0).astype(np.int64)
-        return z
+        return self.loss.predictions(self.logits(X, batch_size))
 
     def evaluate(self, X, y, batch_size=1024):
         """``(mean_loss, metric)``: accuracy (cross_entropy), R^2 (mse) or binary

@@ -67,6 +67,27 @@ class Loss:
     def compute(self, out, target, grad_out):
         return self._fn(out, target, out=grad_out)[0]
 
+    def probabilities(self, z):
+        """The model's probabilities from its output ``z`` (a fresh C-contiguous
+        array of its own, overwritten): softmax rows (cross_entropy), sigmoid
+        (bce_with_logits); ``z`` itself for regression."""
+        if self.name == "cross_entropy":
+            if z.size:
+                _losses.softmax_rows(z, z, plan_threads(z.size, GRAIN_COMPUTE))
+            return z
+        if self.name == "bce_with_logits":
+            return functional.sigmoid(z, out=z)
+        return z
+
+    def predictions(self, z):
+        """Predicted classes (cross_entropy), 0/1 labels (bce_with_logits) or the
+        values themselves (mse) from the model's output ``z``."""
+        if self.name == "cross_entropy":
+            return z.argmax(axis=1)
+        if self.name == "bce_with_logits":
+            return (z > 0).astype(np.int64)
+        return z
+
     def scores(self, out, target):
         if self.name == "cross_entropy":
             return {"accuracy": metrics.accuracy(target, np.argmax(out, axis=1))}

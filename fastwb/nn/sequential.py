@@ -36,10 +36,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from fastwb import _io, functional, init, optim, prune
+from fastwb import _io, init, optim, prune
 from fastwb import _adversarial
-from fastwb import _losses as _losses_kernels
-from fastwb._runtime import GRAIN_COMPUTE, GRAIN_MEMORY, plan_threads
+from fastwb._runtime import GRAIN_MEMORY, plan_threads
 from fastwb._validate import FLOAT_DTYPES, check_int, check_real
 from fastwb.nn import losses as _losses
 from fastwb.nn.layers import BatchNorm1d, Layer, Linear, layer_from_config
@@ -854,23 +853,11 @@ class Sequential:
     def predict_proba(self, X, batch_size=1024):
         """Class probabilities: softmax of the output (cross_entropy), sigmoid of it
         (bce_with_logits); the output itself for regression."""
-        z = self.logits(X, batch_size)
-        if self.loss.name == "cross_entropy":
-            if z.size:          # z is the model's own fresh C-contiguous array: the kernel directly
-                _losses_kernels.softmax_rows(z, z, plan_threads(z.size, GRAIN_COMPUTE))
-            return z
-        if self.loss.name == "bce_with_logits":
-            return functional.sigmoid(z, out=z)
-        return z
+        return self.loss.probabilities(self.logits(X, batch_size))
 
     def predict(self, X, batch_size=1024):
         """Predicted classes (cross_entropy), 0/1 labels (bce_with_logits) or values (mse)."""
-        z = self.logits(X, batch_size)
-        if self.loss.name == "cross_entropy":
-            return z.argmax(axis=1)
-        if self.loss.name == "bce_with_logits":
-            return (z > 0).astype(np.int64)
-        return z
+        return self.loss.predictions(self.logits(X, batch_size))
 
     def evaluate(self, X, y, batch_size=1024):
         """``(mean_loss, metric)`` for inference (as :meth:`logits`): accuracy
