@@ -150,7 +150,7 @@ cdef class QNet:
         return _Workspace(M, self.widest_in, self.widest_out)
 
     def forward(self, const float[:, ::1] X, float[:, ::1] out, _Workspace ws, int path, int n_threads):
-        """out = the network applied to X (M >= 1 rows, ``ws.rows`` of them)."""
+        """out = the network applied to X (M >= 1 rows, ``ws.batch`` of them)."""
         cdef Py_ssize_t M = X.shape[0], l
         cdef const float *x
         cdef float *y
@@ -165,8 +165,8 @@ cdef class QNet:
 
 
 cdef class _Workspace:
-    """The scratch arrays of one forward pass over ``rows`` rows, with their pointers."""
-    cdef public Py_ssize_t rows
+    """The scratch arrays of one forward pass over ``batch`` rows, with their pointers."""
+    cdef public Py_ssize_t batch
     cdef fwb_q8_scratch s
     cdef float *tmp[2]
     cdef float *mn
@@ -180,7 +180,7 @@ cdef class _Workspace:
         cdef float[::1] mult = np.empty(widest_out, np.float32)
         cdef float[:, ::1] tmp = np.empty((2, max(rows * widest_out, 1)), np.float32)
         cdef float[:, ::1] stats = np.empty((2, max(rows, 1)), np.float32)
-        self.rows, self._arrays = rows, (A, bad, corr, mult, tmp, stats)
+        self.batch, self._arrays = rows, (A, bad, corr, mult, tmp, stats)
         self.s.A, self.s.corr, self.s.mult = &A[0], &corr[0], &mult[0]
         self.tmp[0], self.tmp[1] = &tmp[0, 0], &tmp[1, 0]
         self.mn, self.mx, self.bad = &stats[0, 0], &stats[1, 0], &bad[0]

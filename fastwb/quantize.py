@@ -75,8 +75,6 @@ safe (each call takes its own workspace).
 import json
 import math
 import os
-import threading
-
 import numpy as np
 
 from fastwb import _io, _quant
@@ -84,6 +82,7 @@ from fastwb._runtime import plan_threads
 from fastwb._validate import ACTIVATIONS, check_int
 from fastwb.nn import losses as _losses
 from fastwb.nn.deploy import Act, Dense, Norm, eval_ops
+from fastwb.nn.plan import WorkspacePool
 from fastwb.nn.sequential import CHECKPOINT_FORMAT, Sequential
 
 __all__ = ["quantize_dynamic", "QuantizedModel", "load", "available_paths", "default_path", "MAX_IN_FEATURES"]
@@ -150,8 +149,8 @@ class QuantizedModel:
         self._net = _quant.QNet(self._layers, 127 if self.reduce_range else 255)
         self.in_features, self.out_features = self._net.in_features, self._net.out_features
         self.path = default_path()
-        self._free = {}
-        self._lock = threading.Lock()
+        self._pool = WorkspacePool(make=lambda net, n: net.workspace(n))
+        self._macs_per_row = sum(d["K"] * d["N"] for d in self._layers)
 
     # -- what it holds ------------------------------------------------------------------
     @property
@@ -208,24 +207,6 @@ class QuantizedModel:
             raise ValueError(f"{name} must have shape (n, {self.in_features}), got {X.shape}")
         return X if X.flags.c_contiguous and X.flags.aligned else np.require(X, requirements=("C", "A"))
 
-    def _run(self, X, out):
-        M = X.shape[0]
-        with self._lock:
-            spare = self._free.get(M)
-            ws = spare.pop() if spare else None
-        if ws is None:
-            ws = self._net.workspace(M)
-        n_threads = plan_threads(M * self._macs_per_row, GRAIN_INT8)
-        try:
-            self._net.forward(X, out, ws, self._path_index, n_threads)
-        finally:
-            with self._lock:
-                self._free.setdefault(M, []).append(ws)
-
-    @property
-    def _macs_per_row(self):
-        return sum(d["K"] * d["N"] for d in self._layers)
-
     def logits(self, X, batch_size=1024):
         """The network's output for float32 X ``(n, in_features)``, in chunks of
         ``batch_size`` rows (each chunk is one batch for the activation scales)."""
@@ -234,9 +215,9 @@ class QuantizedModel:
         X = self._check_x(X)
         n = X.shape[0]
         out = np.empty((n, self.out_features), np.float32)
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            self._run(X[start:stop], out[start:stop])
+        for start, stop, ws in self._pool.chunks(self._net, n, batch_size):
+            n_threads = plan_threads((stop - start) * self._macs_per_row, GRAIN_INT8)
+            self._net.forward(X[start:stop], out[start:stop], ws, self._path_index, n_threads)
         return out
 
     def predict_proba(self, X, batch_size=1024):

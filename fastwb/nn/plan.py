@@ -196,17 +196,22 @@ class WorkspacePool:
     recently used dropped first), each with at most ``INFER_IDLE`` idle
     workspaces: memory stays bounded whatever the input lengths and thread
     count.  A workspace never given back (an exception) is simply not reused.
+    ``make(model, batch)`` makes a new workspace (with a ``batch`` attribute);
+    by default a :class:`Workspace` for inference.
     """
 
-    def __init__(self):
+    def __init__(self, make=None):
         self._lock = threading.Lock()
         self._idle = OrderedDict()          # batch -> [idle workspaces], least recently used first
+        self._make = make
 
     def take(self, model, batch):
         with self._lock:
             idle = self._idle.get(batch)
             if idle:
                 return idle.pop()
+        if self._make is not None:
+            return self._make(model, batch)
         return Workspace(model, batch, training=False)
 
     def give(self, ws):

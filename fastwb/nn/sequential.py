@@ -1057,6 +1057,9 @@ def load(path):
             if "layer_sizes" in npz.members and "MLP" in PRESETS:
                 return PRESETS["MLP"].load(path)
             raise ValueError(f"{npz.name}: not a fastwb checkpoint (no format or spec)")
+        if "quantized" in npz.members:
+            raise ValueError(f"{npz.name}: an int8 model written by fastwb.quantize: read it with "
+                             "fastwb.quantize.load")
         fmt = str(npz.read("format", max_bytes=1024))
         if fmt != CHECKPOINT_FORMAT:
             raise ValueError(f"{npz.name}: checkpoint format {fmt!r} is not {CHECKPOINT_FORMAT!r}")
