@@ -429,11 +429,6 @@ typedef struct {
     fwb_q8_tile_fn tile;
 } fwb_q8_batch;
 
-static inline void fwb_q8_share(ptrdiff_t n, int tid, int nth, ptrdiff_t *lo, ptrdiff_t *hi) {
-    *lo = n * tid / nth;
-    *hi = n * (tid + 1) / nth;
-}
-
 /* Rows [lo, hi) of x quantized into A (the split form on the 8-bit AVX2 path). */
 static void fwb_q8_quantize_range(const fwb_q8_batch *b, ptrdiff_t lo, ptrdiff_t hi) {
     ptrdiff_t K = b->L->K;
@@ -489,37 +484,44 @@ static void fwb_q8_output_range(const fwb_q8_batch *b, ptrdiff_t lo, ptrdiff_t h
     }
 }
 
-/* Thread tid of nth: its share of the layer.  Rows first, a thread takes whole
- * row blocks and needs no other thread's rows: it quantizes, multiplies and
- * finishes its own rows, with no barrier.  Panels first, the threads share the
- * quantization pass, then the tiles, then the output pass, with a barrier
- * between them. */
-static void fwb_q8_phases(const fwb_q8_batch *b, int tid, int nth) {
-    ptrdiff_t lo, hi;
+/* The layer's work, run by every thread of the team (or by one thread outside
+ * any parallel region).  Rows first, the unit of work is a whole row block: it
+ * needs no other block's rows, so it is quantized, multiplied and finished by
+ * whoever takes it, with no barrier.  Panels first, the quantization pass, the
+ * tiles and the output pass are shared in turn, with a barrier after each.
+ * The units are handed out as the threads ask (dynamic schedules): a thread
+ * that starts late (woken late, or preempted on a busy machine) leaves its units to
+ * the threads already running.  Which thread computes a unit never changes
+ * its bits. */
+static void fwb_q8_phases(const fwb_q8_batch *b) {
+    ptrdiff_t u;
     if (b->rows_first) {
-        fwb_q8_share(b->RB, tid, nth, &lo, &hi);
-        ptrdiff_t r0 = lo * FWB_Q8_ROWS, r1 = hi * FWB_Q8_ROWS < b->M ? hi * FWB_Q8_ROWS : b->M;
-        fwb_q8_quantize_range(b, r0, r1);
-        fwb_q8_tile_range(b, lo * b->P, hi * b->P);
-        fwb_q8_output_range(b, r0, r1);
+#pragma omp for schedule(dynamic, 1) nowait
+        for (u = 0; u < b->RB; u++) {
+            ptrdiff_t r0 = u * FWB_Q8_ROWS, r1 = r0 + FWB_Q8_ROWS < b->M ? r0 + FWB_Q8_ROWS : b->M;
+            fwb_q8_quantize_range(b, r0, r1);
+            fwb_q8_tile_range(b, u * b->P, (u + 1) * b->P);
+            fwb_q8_output_range(b, r0, r1);
+        }
         return;
     }
-    fwb_q8_share(b->M, tid, nth, &lo, &hi);
-    fwb_q8_quantize_range(b, lo, hi);
-#pragma omp barrier
-    fwb_q8_share(b->T, tid, nth, &lo, &hi);
-    fwb_q8_tile_range(b, lo, hi);
-#pragma omp barrier
-    fwb_q8_share(b->M, tid, nth, &lo, &hi);
-    fwb_q8_output_range(b, lo, hi);
+#pragma omp for schedule(dynamic, 4)
+    for (u = 0; u < b->M; u++)
+        fwb_q8_quantize_range(b, u, u + 1);
+#pragma omp for schedule(dynamic, 1)
+    for (u = 0; u < b->T; u++)
+        fwb_q8_tile_range(b, u, u + 1);
+#pragma omp for schedule(dynamic, 4) nowait
+    for (u = 0; u < b->M; u++)
+        fwb_q8_output_range(b, u, u + 1);
 }
 
 /* y (M, N) = the layer applied to x (M, K), whose row statistics are mn/mx/bad
  * (updated in place to those of y when want_stats).  A bad row of x gives a
- * NaN row of y.  The product's tiles are FWB_Q8_ROWS rows x one panel,
- * in row-block-major or panel-major order, split into n_threads contiguous shares; each output element is
- * computed by one tile in one fixed order, so the result does not depend on
- * n_threads.  One thread enters no OpenMP region. */
+ * NaN row of y.  The product's tiles are FWB_Q8_ROWS rows x one panel; each
+ * output element is computed by one tile in one fixed order, so the result
+ * does not depend on n_threads, nor on which thread takes which unit of work
+ * (fwb_q8_phases).  One thread enters no OpenMP region. */
 static void fwb_q8_linear(const fwb_q8_layer *L, const float *x, ptrdiff_t M, float *y, float *mn, float *mx,
                           uint8_t *bad, int qmax, int path, const fwb_q8_scratch *s, int want_stats,
                           int n_threads) {
@@ -562,9 +564,9 @@ static void fwb_q8_linear(const fwb_q8_layer *L, const float *x, ptrdiff_t M, fl
     b.tile = fwb_q8_tile_of(path, qmax);
     if (n_threads > 1) {
 #pragma omp parallel num_threads(n_threads)
-        fwb_q8_phases(&b, omp_get_thread_num(), omp_get_num_threads());
+        fwb_q8_phases(&b);
     } else {
-        fwb_q8_phases(&b, 0, 1);
+        fwb_q8_phases(&b);
     }
 }
 
@@ -573,7 +575,7 @@ static void fwb_q8_row_stats(const float *x, ptrdiff_t M, ptrdiff_t K, float *mn
                              int n_threads) {
     ptrdiff_t i;
     if (n_threads > 1) {
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, FWB_Q8_ROWS)
         for (i = 0; i < M; i++)
             fwb_q8_stats(x + i * K, K, mn + i, mx + i, bad + i);
     } else {
