@@ -23,6 +23,7 @@ static inline __attribute__((always_inline)) void FWB_Q8_FN(fwb_q8_ytile)(
     (void)ones16;
     for (int r = 0; r < mr; r++)
         acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+#pragma GCC unroll 4
     for (ptrdiff_t g = 0; g < K4; g++) {
         __m256i b0 = _mm256_loadu_si256((const __m256i *)(bp + g * 64));
         __m256i b1 = _mm256_loadu_si256((const __m256i *)(bp + g * 64 + 32));
