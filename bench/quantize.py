@@ -15,6 +15,9 @@ and 4096-4096-4096-10 the same way), at batch 1, 32, 128 and 1024:
   per-channel weights, ``reduce_range=None``), ``q.logits(X)``; the report
   gives ``q.path`` (the kernel path) and ``q.nbytes`` against the float
   model's Linear weight bytes;
+- fastwb int8 7-bit: ``quantize_dynamic(model, reduce_range=True)``, PyTorch's
+  default 7-bit activations: the like-for-like comparison with PyTorch's
+  recipe (for information, next to the targets on the defaults);
 - PyTorch float32 and ``torch.ao.quantization.quantize_dynamic(net,
   {torch.nn.Linear}, dtype=torch.qint8)`` (its defaults: per-tensor weights,
   the default quantized engine), same weights, ``eval()``, under
@@ -41,7 +44,8 @@ Targets: fastwb int8 >= 5x faster than fastwb float32 for 4096-4096-4096-10
 at batch 128, >= 2.5x for 784-256-10 at batch 128; fastwb int8 faster than
 PyTorch int8 and ONNX Runtime int8 at every batch and model; fastwb's logit
 drift no larger than ONNX Runtime's.  For information: each peer's own
-float32 / int8 speedup.
+float32 / int8 speedup, and fastwb's 7-bit model against its float32 and
+against PyTorch's int8 model.
 
 Logit drift: on the same weights and the same inputs, the largest
 |logits(int8) - logits(float32)| of each contender against its own float32
@@ -81,7 +85,7 @@ DRIFT_CHUNK = 256                      # rows per call in the drift runs
 FULL = {"repeats": 5, "rounds": 5}
 QUICK = {"repeats": 3, "rounds": 2}
 
-SIDES = {"fastwb": ("fastwb f32", "fastwb int8"), "torch": ("PyTorch f32", "PyTorch int8"),
+SIDES = {"fastwb": ("fastwb f32", "fastwb int8", "fastwb int8 7-bit"), "torch": ("PyTorch f32", "PyTorch int8"),
          "ort": ("ORT f32", "ORT int8")}
 NAMES = sum(SIDES.values(), ())
 UNAVAILABLE = "fastwb.quantize not available yet"
@@ -174,15 +178,18 @@ def quantizer():
 
 class FastwbSide:
     """One model's fastwb contenders: the float model, its int8 quantization
-    (defaults: per-channel) and, for the drift, the per-tensor one."""
+    (defaults: per-channel weights, 8-bit activations), the 7-bit one
+    (``reduce_range=True``, PyTorch's default activations) and, for the drift,
+    the per-tensor one."""
 
     def __init__(self, sizes, quantize_dynamic=None):
         self.sizes = sizes
         self.model = build_model(sizes)
-        self.q = self.q_tensor = None
+        self.q = self.q_tensor = self.q7 = None
         if quantize_dynamic is not None:
             self.q = quantize_dynamic(self.model)
             self.q_tensor = quantize_dynamic(self.model, per_channel=False)
+            self.q7 = quantize_dynamic(self.model, reduce_range=True)
 
     def info(self):
         """The quantized model's kernel path and size against the float weights."""
@@ -196,6 +203,7 @@ class FastwbSide:
         out = {"fastwb f32": lambda: self.model.logits(X)}
         if self.q is not None:
             out["fastwb int8"] = lambda: self.q.logits(X)
+            out["fastwb int8 7-bit"] = lambda: self.q7.logits(X)
         return out
 
     def drift(self, sets):
@@ -207,6 +215,7 @@ class FastwbSide:
             if self.q is not None:
                 out[name]["fastwb int8"] = drift(ref, chunked(self.q.logits, X))
                 out[name]["fastwb int8 per-tensor"] = drift(ref, chunked(self.q_tensor.logits, X))
+                out[name]["fastwb int8 7-bit"] = drift(ref, chunked(self.q7.logits, X))
         return out
 
 
@@ -402,6 +411,9 @@ def ratio_specs(tags, batches):
                      goal[1] if goal and goal[0] == b else None, True),
                     (f"{k}: PyTorch int8 / fastwb int8", f"{k} PyTorch int8", f"{k} fastwb int8", PEER_TARGET, False),
                     (f"{k}: ORT int8 / fastwb int8", f"{k} ORT int8", f"{k} fastwb int8", PEER_TARGET, False),
+                    (f"{k}: PyTorch int8 / fastwb int8 7-bit", f"{k} PyTorch int8", f"{k} fastwb int8 7-bit", None,
+                     False),
+                    (f"{k}: fastwb f32 / fastwb int8 7-bit", f"{k} fastwb f32", f"{k} fastwb int8 7-bit", None, True),
                     (f"{k}: PyTorch f32 / PyTorch int8", f"{k} PyTorch f32", f"{k} PyTorch int8", None, True),
                     (f"{k}: ORT f32 / ORT int8", f"{k} ORT f32", f"{k} ORT int8", None, True)]
     return tuple(out)
