@@ -216,6 +216,13 @@ class QuantizedModel:
         X = self._check_x(X)
         n = X.shape[0]
         out = np.empty((n, self.out_features), np.float32)
+        if 0 < n <= batch_size:             # one chunk: the latency path
+            ws = self._pool.take(self._net, n)
+            try:
+                self._net.forward(X, out, ws, self._path_index, plan_threads(n * self._macs_per_row, GRAIN_INT8))
+            finally:
+                self._pool.give(ws)
+            return out
         for start, stop, ws in self._pool.chunks(self._net, n, batch_size):
             n_threads = plan_threads((stop - start) * self._macs_per_row, GRAIN_INT8)
             self._net.forward(X[start:stop], out[start:stop], ws, self._path_index, n_threads)
