@@ -236,12 +236,7 @@ def torch_worker(threads, rows=ROWS):
     here = os.path.dirname(os.path.abspath(__file__))
     worker = B._Worker(f"import sys; sys.argv[1:] = [{str(int(threads))!r}, {here!r}, {str(int(rows))!r}]\n"
                        + _WORKER, timeout=900)
-    try:
-        worker.info = worker.read()
-    except BaseException:
-        worker.close()
-        raise
-    return worker
+    return worker.ready()
 
 
 # -- the measurement ----------------------------------------------------------------------------

@@ -145,12 +145,7 @@ def torch_worker(threads, path):
     here = os.path.dirname(os.path.abspath(__file__))
     worker = B._Worker(f"import sys; sys.argv[1:] = [{str(int(threads))!r}, {here!r}, {path!r}]\n" + _WORKER,
                        timeout=900)
-    try:
-        worker.info = worker.read()
-    except BaseException:
-        worker.close()
-        raise
-    return worker
+    return worker.ready()
 
 
 def measure(repeats=15, rounds=5, threads=None, torch=True, say=lambda *a: None):

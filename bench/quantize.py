@@ -390,12 +390,7 @@ def peer_worker(which, config):
     "ready" line in ``.info``.  A context manager: leaving it ends the process."""
     config = dict(config, here=os.path.dirname(os.path.abspath(__file__)))
     worker = B._Worker(f"import sys; sys.argv[1:] = [{which!r}, {json.dumps(config)!r}]\n" + _WORKER, timeout=900)
-    try:
-        worker.info = worker.read()
-    except BaseException:
-        worker.close()
-        raise
-    return worker
+    return worker.ready()
 
 
 # -- the measurement ----------------------------------------------------------------------------

@@ -238,18 +238,12 @@ def torch_worker(threads, ready=True):
     """A fresh interpreter (``fastwb.benchmark._Worker``, run from a neutral folder)
     holding the PyTorch contenders at ``threads`` threads and answering the
     commands of ``_WORKER``, its "ready" line in ``.info``: read before
-    returning when ``ready``, else left for the caller (``worker.info =
-    worker.read()``) while the worker imports PyTorch.  A context manager:
-    leaving it ends the process."""
+    returning when ``ready``, else left for the caller (``worker.ready()``)
+    while the worker imports PyTorch.  A context manager: leaving it ends the
+    process."""
     here = os.path.dirname(os.path.abspath(__file__))
     worker = B._Worker(f"import sys; sys.argv[1:] = [{str(int(threads))!r}, {here!r}]\n" + _WORKER, timeout=900)
-    if ready:
-        try:
-            worker.info = worker.read()
-        except BaseException:
-            worker.close()
-            raise
-    return worker
+    return worker.ready() if ready else worker
 
 
 # -- the measurement ----------------------------------------------------------------------------

@@ -1719,6 +1719,16 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, text=True, cwd=tempfile.gettempdir())
 
+    def ready(self):
+        """Read the worker's first ("ready") line into ``.info`` and return the
+        worker; on any failure the process is ended before the error goes on."""
+        try:
+            self.info = self.read()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
     def read(self):
         """The worker's next JSON line, or raise RuntimeError with its last stderr line."""
         import select
