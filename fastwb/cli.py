@@ -194,6 +194,14 @@ def _load_model(command, path, load=None):
         return None, _fail(command, f"cannot load {e}" if str(e).startswith(f"{path}:") else f"cannot load {path}: {e}")
 
 
+def _test_data_options(parser, default):
+    """``--dataset`` and ``--data-path`` of a command that reads a test split (:func:`_test_split`)."""
+    parser.add_argument("--dataset", choices=sorted(DEFAULTS), default=default,
+                        help=f"the test images (default: {default}; the model must take their pixel count)")
+    parser.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
+                                            "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+
+
 def _test_split(command, model, args):
     """``(X, y, None)``: the test split of ``args.dataset`` in the model's dtype, its
     width checked against the model's; or ``(None, None, exit status)`` after one line on stderr."""
@@ -800,10 +808,7 @@ def build_parser():
                                          "model, in eval mode, for each image's predicted class.")
     explain.add_argument("model", metavar="MODEL",
                          help="a model saved by fastwb (Sequential.save, fastwb train --save)")
-    explain.add_argument("--dataset", choices=sorted(DEFAULTS), default="digits",
-                         help="the test images (default: digits; the model must take their pixel count)")
-    explain.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
-                                             "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    _test_data_options(explain, "digits")
     explain.add_argument("--n", type=positive_int, default=16, metavar="N",
                          help="how many test images, from the first (default 16)")
     explain.add_argument("--method", default="saliency",
@@ -832,10 +837,7 @@ def build_parser():
     attack.add_argument("--steps", type=positive_int, metavar="N", help="PGD steps (default 10)")
     attack.add_argument("--alpha", type=positive_float, metavar="A",
                         help="PGD step size (default 2.5 * eps / steps: 0.025 for eps 0.1 and 10 steps)")
-    attack.add_argument("--dataset", choices=sorted(DEFAULTS), default="mnist",
-                        help="the test images (default: mnist; the model must take their pixel count)")
-    attack.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
-                                            "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    _test_data_options(attack, "mnist")
     attack.add_argument("--limit", type=positive_int, metavar="N", help="only the first N test images")
     attack.add_argument("--batch-size", type=positive_int, default=1024, metavar="N",
                         help="rows per gradient call (memory only; default 1024)")
@@ -860,10 +862,7 @@ def build_parser():
                           help="one weight scale per Linear layer instead of one per output column")
     quantize.add_argument("--reduce-range", action="store_true",
                           help="7-bit activations (0..127, PyTorch's default) instead of 8-bit ones")
-    quantize.add_argument("--dataset", choices=sorted(DEFAULTS), default="digits",
-                          help="the test images (default: digits; the model must take their pixel count)")
-    quantize.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
-                                              "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    _test_data_options(quantize, "digits")
     quantize.add_argument("--batch-size", type=positive_int, default=1024, metavar="N",
                           help="rows per inference call; each batch gets its own activation scales (default 1024)")
     quantize.add_argument("--seed", type=non_negative_int, default=0, help="seed of the digits split")
