@@ -8,7 +8,7 @@
                                  write a saved model's eval-mode network as ONNX
     fastwb attack MODEL --eps 0.1 [--attack fgsm|pgd] [--dataset mnist] [--save-examples PNG]
                                  clean and robust accuracy of a saved classifier under attack
-    fastwb quantize MODEL -o OUT [--per-tensor] [--reduce-range] [--dataset digits]
+    fastwb quantize MODEL -o OUT [--per-tensor] [--reduce-range | --full-range] [--dataset digits]
                                  write a saved model's int8 version and compare it with the float one
     fastwb --version
 
@@ -579,7 +579,7 @@ def _cmd_quantize(args):
     model.eval()
     try:
         q = quantize.quantize_dynamic(model, per_channel=not args.per_tensor,
-                                      reduce_range=True if args.reduce_range else None)
+                                      reduce_range=args.reduce_range)
     except ValueError as e:         # training-only layers in the wrong place, NaN weights, a float16 model, ...
         return _fail("quantize", f"cannot quantize {args.model}: {e}")
     X, y, status = _test_split("quantize", model, args)
@@ -860,8 +860,12 @@ def build_parser():
                           help="the int8 model to write (read it with fastwb.quantize.load)")
     quantize.add_argument("--per-tensor", action="store_true",
                           help="one weight scale per Linear layer instead of one per output column")
-    quantize.add_argument("--reduce-range", action="store_true",
-                          help="7-bit activations (0..127, PyTorch's default) instead of 8-bit ones")
+    width = quantize.add_mutually_exclusive_group()
+    width.add_argument("--reduce-range", dest="reduce_range", action="store_const", const=True, default=None,
+                       help="7-bit activations (0..127, PyTorch's default); default: 7-bit on the avx2 kernel path, "
+                            "8-bit on the others (fastwb.quantize.auto_reduce_range)")
+    width.add_argument("--full-range", dest="reduce_range", action="store_const", const=False,
+                       help="8-bit activations (0..255) on every kernel path")
     _test_data_options(quantize, "digits")
     quantize.add_argument("--batch-size", type=positive_int, default=1024, metavar="N",
                           help="rows per inference call; each batch gets its own activation scales (default 1024)")

@@ -41,14 +41,21 @@ in float32 (a product, then a sum).  No int32 matrix is ever written.
 
 **Where fastwb differs from PyTorch, and why.**
 
-* ``reduce_range=None`` means full 8-bit activations (``0..255``), as ONNX
-  Runtime uses: half the rounding error of PyTorch's 7-bit default.  PyTorch
-  reduces the range so that AVX2's ``vpmaddubsw`` cannot saturate; fastwb's
-  AVX2 kernel for 8-bit activations adds the byte products in ``vpmaddwd``'s
-  exact int16 x int16 -> int32 lanes instead, and the VNNI kernels never
-  saturate (``vpdpbusd``), so every setting is exact on every CPU.  The choice
-  is stored in the model and never depends on the CPU: one model gives the
-  same bits everywhere, whatever the kernel path and the thread count.
+* **Activation width.** ``reduce_range=False`` gives full 8-bit activations
+  (``0..255``), as ONNX Runtime uses: half the rounding error of PyTorch's
+  7-bit ones (``reduce_range=True``).  PyTorch reduces the range so that
+  AVX2's ``vpmaddubsw`` cannot saturate; fastwb's AVX2 kernel for 8-bit
+  activations adds the byte products in ``vpmaddwd``'s exact int16 x int16 ->
+  int32 lanes instead, and the VNNI kernels never saturate (``vpdpbusd``), so
+  every setting is exact on every CPU.  But on AVX2 the exact 8-bit product
+  costs more instructions: measured on an AVX2-only AMD EPYC, 7-bit models ran
+  1.2-1.5x faster (bench/quantize.py).  So ``reduce_range=None`` (the default)
+  chooses as PyTorch's engines do, by what the kernels pay: 7-bit where the
+  quantizing process's kernel path is ``avx2``, 8-bit on the VNNI paths (no
+  cost) and the scalar one (no cost either).  The width is stored in the model:
+  once quantized, a model gives the same bits on every CPU, kernel path and
+  thread count; pass ``reduce_range`` explicitly for a quantization that does
+  not depend on the machine it runs on.
 * Per-channel weights by default (PyTorch's default qconfig is per tensor):
   smaller logit drift for the same speed.
 * **NaN and Inf.** A row of the input holding a NaN or an Inf is left out of the
@@ -85,7 +92,8 @@ from fastwb.nn.deploy import Act, Dense, Norm, eval_ops
 from fastwb.nn.plan import WorkspacePool
 from fastwb.nn.sequential import CHECKPOINT_FORMAT, Sequential
 
-__all__ = ["quantize_dynamic", "QuantizedModel", "load", "available_paths", "default_path", "MAX_IN_FEATURES"]
+__all__ = ["quantize_dynamic", "QuantizedModel", "load", "available_paths", "default_path", "auto_reduce_range",
+           "MAX_IN_FEATURES"]
 
 #: the widest Linear input the exact int32 accumulation allows (255 * 128 * 65536 < 2^31)
 MAX_IN_FEATURES = 65536
@@ -108,6 +116,13 @@ def _check_path(path):
         raise ValueError(f"this CPU (or build) cannot run the {path!r} int8 kernels; it can run "
                          f"{', '.join(available_paths())}")
     return path
+
+
+def auto_reduce_range(path):
+    """What ``reduce_range=None`` means on kernel path ``path``: True (7-bit
+    activations) on ``avx2``, where exact 8-bit products cost 1.2-1.5x more
+    time, False (8-bit) on the paths where both widths run alike."""
+    return _check_path(path) == "avx2"
 
 
 def default_path():
@@ -338,8 +353,9 @@ def quantize_dynamic(model, per_channel=True, reduce_range=None):
     mode, float32 or float64, of Linear layers, each optionally followed by one
     activation, with BatchNorm1d layers right after a Linear (folded) and
     Dropout (ignored) anywhere.  ``per_channel``: one weight scale per output
-    column (default) or one per tensor.  ``reduce_range``: None or False for
-    8-bit activations, True for PyTorch's 7-bit ones.
+    column (default) or one per tensor.  ``reduce_range``: False for 8-bit
+    activations, True for PyTorch's 7-bit ones, None (default) for
+    :func:`auto_reduce_range` of the kernel path.
 
     ValueError for a model in training mode, a float16 model, a layer that is
     not supported (a BatchNorm1d not after a Linear, an activation not after a
@@ -384,4 +400,6 @@ def quantize_dynamic(model, per_channel=True, reduce_range=None):
             raise ValueError(f"{where} cannot be quantized")
     if not weights:
         raise ValueError("the model has no Linear layer to quantize")
-    return QuantizedModel(weights, scales, biases, acts, per_channel, bool(reduce_range), model.loss)
+    if reduce_range is None:
+        reduce_range = auto_reduce_range(default_path())
+    return QuantizedModel(weights, scales, biases, acts, per_channel, reduce_range, model.loss)

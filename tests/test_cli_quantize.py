@@ -62,7 +62,7 @@ BAD = {
     "--seed": _bad_seed,
     "--threads": _bad_threads,
 }
-FREE = {"--help", "--per-tensor", "--reduce-range", "--json", "--data-path"}    # flags, and a folder read later
+FREE = {"--help", "--per-tensor", "--reduce-range", "--full-range", "--json", "--data-path"}    # flags, and a folder read later
 GOOD = ["--per-tensor", "--reduce-range", "--dataset=digits", "--batch-size=16", "--seed=3", "--threads=1",
         "--json"]
 
@@ -126,7 +126,7 @@ def test_quantize_writes_the_int8_model_and_reports_both(tmp_path, saved, digits
     q, X, y = expected(model, digits)
     got = quantize.load(output)
     assert repr(got) == repr(q) and got.spec() == q.spec()
-    assert got.per_channel and not got.reduce_range
+    assert got.per_channel and got.reduce_range == quantize.auto_reduce_range(quantize.default_path())
     for i in range(len(q)):
         np.testing.assert_array_equal(got.weight(i), q.weight(i))
         np.testing.assert_array_equal(got.scale(i), q.scale(i))
@@ -156,24 +156,26 @@ def test_quantize_writes_the_int8_model_and_reports_both(tmp_path, saved, digits
     assert sorted(os.listdir(tmp_path)) == ["model.int8.fwb"]       # no temporary file left
 
 
-@pytest.mark.parametrize("flags", [[], ["--per-tensor"], ["--reduce-range"], ["--per-tensor", "--reduce-range"]],
-                         ids=str)
+@pytest.mark.parametrize("flags", [[], ["--per-tensor"], ["--reduce-range"], ["--per-tensor", "--reduce-range"],
+                                   ["--full-range"]], ids=str)
 def test_per_tensor_and_reduce_range_reach_the_saved_model(tmp_path, saved, digits, flags):
     path, model = saved
     output = tmp_path / "q.fwb"
     status, out, err = quantize_cli([path, "-o", str(output), *flags])
     assert status == 0 and err == ""
-    options = {"per_channel": "--per-tensor" not in flags, "reduce_range": True if "--reduce-range" in flags else None}
+    width = True if "--reduce-range" in flags else False if "--full-range" in flags else None
+    options = {"per_channel": "--per-tensor" not in flags, "reduce_range": width}
     q, X, _ = expected(model, digits, **options)
     got = quantize.load(output)
     assert got.spec()["per_channel"] == options["per_channel"]
-    assert got.spec()["reduce_range"] == ("--reduce-range" in flags)
+    auto = quantize.auto_reduce_range(quantize.default_path())
+    assert got.spec()["reduce_range"] == (auto if width is None else width)
     np.testing.assert_array_equal(got.logits(X), q.logits(X))
     if "--per-tensor" in flags:
         assert all(len(set(got.scale(i).tolist())) == 1 for i in range(len(got)))
     else:
         assert all(len(set(got.scale(i).tolist())) > 1 for i in range(len(got)))
-    assert ("per-tensor" in out) == ("--per-tensor" in flags) and ("7-bit" in out) == ("--reduce-range" in flags)
+    assert ("per-tensor" in out) == ("--per-tensor" in flags) and ("7-bit" in out) == got.reduce_range
 
 
 def test_json_batch_size_and_threads(tmp_path, saved, digits):
@@ -190,7 +192,7 @@ def test_json_batch_size_and_threads(tmp_path, saved, digits):
     assert {k: r[k] for k in ("model", "dataset", "n", "kernel_path", "per_channel", "reduce_range", "nbytes_before",
                               "nbytes_after", "metric", "before")} == {
         "model": path, "dataset": "digits", "n": len(X), "kernel_path": q.path, "per_channel": True,
-        "reduce_range": False, "nbytes_before": model.params.nbytes, "nbytes_after": q.nbytes, "metric": "accuracy",
+        "reduce_range": q.reduce_range, "nbytes_before": model.params.nbytes, "nbytes_after": q.nbytes, "metric": "accuracy",
         "before": model.evaluate(X, y)[1]}
     assert r["after"] == q.evaluate(X, y, batch_size=50)[1]           # each batch of 50 its own scales
     assert r["max_abs_logit_diff"] == float(np.abs(q.logits(X, 50).astype(np.float64) - model.logits(X)).max())

@@ -134,7 +134,7 @@ def inputs(kind, M, K, seed=0):
     return X.astype(F32)
 
 
-def both(model, per_channel=True, reduce_range=None):
+def both(model, per_channel=True, reduce_range=False):
     return (quantize.quantize_dynamic(model, per_channel=per_channel, reduce_range=reduce_range),
             twin.quantize_dynamic(model, per_channel=per_channel, reduce_range=reduce_range))
 
@@ -404,7 +404,7 @@ def _cases():
                 i += 1
 
 
-@pytest.mark.parametrize("reduce_range", [None, True], ids=["u8", "u7"])
+@pytest.mark.parametrize("reduce_range", [False, True], ids=["u8", "u7"])
 @pytest.mark.parametrize("per_channel", [True, False], ids=["channel", "tensor"])
 @pytest.mark.parametrize("n_threads", [1, 2, 4])
 @pytest.mark.parametrize("path", PATHS)
@@ -451,7 +451,7 @@ def test_deep_and_float64_models_match_the_twin():
     for dtype in ("float32", "float64"):
         model = build([50, 40, 30, 20, 10, 3], ["relu", "leaky_relu", "identity", "relu"], seed=3, dtype=dtype)
         for path in PATHS:
-            for reduce_range in (None, True):
+            for reduce_range in (False, True):
                 q, t = both(model, True, reduce_range)
                 q.path = path
                 for kind in KINDS:
@@ -476,7 +476,7 @@ def test_thread_counts_give_the_same_bits_at_the_default_grain(hidden):
     not (784 x 512, panels first)."""
     model = build([784, hidden, 10], ["relu"], seed=2)
     X = inputs("positive", 130, 784)
-    for per_channel, reduce_range in ((True, None), (False, True)):
+    for per_channel, reduce_range in ((True, False), (False, True)):
         q, t = both(model, per_channel, reduce_range)
         want = t.logits(X)
         for path in PATHS:
@@ -627,7 +627,7 @@ def exact_logits(q, X):
     return (acc.astype(F32) * (scale * q.scale(0)).astype(F32) + q.bias(0)).astype(F32), A, acc
 
 
-@pytest.mark.parametrize("reduce_range", [None, True], ids=["u8", "u7"])
+@pytest.mark.parametrize("reduce_range", [False, True], ids=["u8", "u7"])
 @pytest.mark.parametrize("c, code", [(-0.75, -128), (0.75, 127)], ids=["w-128", "w127"])
 def test_saturated_products_at_the_largest_width_are_exact(c, code, reduce_range):
     K, qmax = quantize.MAX_IN_FEATURES, 127 if reduce_range else 255
@@ -649,7 +649,7 @@ def test_saturated_products_at_the_largest_width_are_exact(c, code, reduce_range
                         same(q.logits(X), want, f"{path}, {n} threads, a={a}, z={z}")
 
 
-@pytest.mark.parametrize("reduce_range", [None, True], ids=["u8", "u7"])
+@pytest.mark.parametrize("reduce_range", [False, True], ids=["u8", "u7"])
 def test_saturation_with_alternating_signs(reduce_range):
     K, qmax = quantize.MAX_IN_FEATURES, 127 if reduce_range else 255
     model = big_model(0.75, alternate=True)
@@ -866,7 +866,7 @@ def test_save_and_load_round_trip(tmp_path):
     model = build([33, 17, 5], ["leaky_relu"], seed=5)
     model.compile(loss="mse")
     X = inputs("normal", 20, 33)
-    for per_channel, reduce_range in ((True, None), (False, True)):
+    for per_channel, reduce_range in ((True, False), (False, True)):
         q = quantize.quantize_dynamic(model, per_channel, reduce_range)
         path = tmp_path / f"m{per_channel}.int8.fwb"
         q.save(str(path))
@@ -1137,7 +1137,7 @@ def test_mnist_accuracy_survives_quantization(mnist_folder):
         acc = np.mean(fl.argmax(1) == y_test)
         assert acc > 0.95
         for per_channel in (True, False):
-            for reduce_range in (None, True):
+            for reduce_range in (False, True):
                 q = quantize.quantize_dynamic(model, per_channel, reduce_range)
                 ql = q.logits(X_test)
                 qacc = np.mean(ql.argmax(1) == y_test)
@@ -1148,3 +1148,20 @@ def test_mnist_accuracy_survives_quantization(mnist_folder):
                 assert qacc >= acc - 0.003, lines[-1]
                 assert q.evaluate(X_test, y_test)[1] == pytest.approx(qacc)
     print("\n" + "\n".join(lines))
+
+
+def test_reduce_range_none_chooses_by_kernel_path(monkeypatch):
+    """None means 7-bit activations on the avx2 path (where exact 8-bit products
+    cost more), 8-bit on every other path; the choice is stored in the model."""
+    assert [quantize.auto_reduce_range(p) for p in quantize.available_paths()] == \
+        [p == "avx2" for p in quantize.available_paths()]
+    with pytest.raises(ValueError, match="unknown int8 kernel path"):
+        quantize.auto_reduce_range("sse9")
+    model = build([9, 7, 3], ["relu"], seed=4)
+    for path in quantize.available_paths():
+        monkeypatch.setenv("FASTWB_INT8_PATH", path)
+        q = quantize.quantize_dynamic(model)
+        assert q.path == path and q.reduce_range == (path == "avx2")
+        assert twin.quantize_dynamic(model).reduce_range == q.reduce_range
+        X = inputs("normal", 5, 9)
+        assert np.array_equal(q.logits(X), twin.quantize_dynamic(model).logits(X))

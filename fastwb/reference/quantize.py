@@ -152,8 +152,13 @@ class QuantizedModel:
 def quantize_dynamic(model, per_channel=True, reduce_range=None):
     """The twin of :func:`fastwb.quantize.quantize_dynamic` for a network of
     Linear layers, each followed by at most one activation (BatchNorm folded
-    first with :func:`fastwb.nn.deploy.eval_ops`)."""
+    first with :func:`fastwb.nn.deploy.eval_ops`); ``reduce_range=None`` is
+    fastwb's choice for the process's kernel path."""
     from fastwb.nn.deploy import Act, Dense, eval_ops
+    from fastwb.quantize import auto_reduce_range, default_path     # the same choice for None
+
+    if reduce_range is None:
+        reduce_range = auto_reduce_range(default_path())
 
     names = {"ReLU": "relu", "LeakyReLU": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Identity": "identity"}
     layers = []
