@@ -15,9 +15,9 @@ and 4096-4096-4096-10 the same way), at batch 1, 32, 128 and 1024:
   per-channel weights, ``reduce_range=None``), ``q.logits(X)``; the report
   gives ``q.path`` (the kernel path) and ``q.nbytes`` against the float
   model's Linear weight bytes;
-- fastwb int8 7-bit: ``quantize_dynamic(model, reduce_range=True)``, PyTorch's
-  default 7-bit activations: the like-for-like comparison with PyTorch's
-  recipe (for information, next to the targets on the defaults);
+- fastwb int8 8-bit: ``quantize_dynamic(model, reduce_range=False)``, 8-bit
+  activations whatever the kernel path (the default, ``None``, takes 7-bit ones
+  on the avx2 path: ``fastwb.quantize.auto_reduce_range``), for information;
 - PyTorch float32 and ``torch.ao.quantization.quantize_dynamic(net,
   {torch.nn.Linear}, dtype=torch.qint8)`` (its defaults: per-tensor weights,
   the default quantized engine), same weights, ``eval()``, under
@@ -44,7 +44,7 @@ Targets: fastwb int8 >= 5x faster than fastwb float32 for 4096-4096-4096-10
 at batch 128, >= 2.5x for 784-256-10 at batch 128; fastwb int8 faster than
 PyTorch int8 and ONNX Runtime int8 at every batch and model; fastwb's logit
 drift no larger than ONNX Runtime's.  For information: each peer's own
-float32 / int8 speedup, and fastwb's 7-bit model against its float32 and
+float32 / int8 speedup, and fastwb's 8-bit model against its float32 and
 against PyTorch's int8 model.
 
 Logit drift: on the same weights and the same inputs, the largest
@@ -85,7 +85,7 @@ DRIFT_CHUNK = 256                      # rows per call in the drift runs
 FULL = {"repeats": 5, "rounds": 5}
 QUICK = {"repeats": 3, "rounds": 2}
 
-SIDES = {"fastwb": ("fastwb f32", "fastwb int8", "fastwb int8 7-bit"), "torch": ("PyTorch f32", "PyTorch int8"),
+SIDES = {"fastwb": ("fastwb f32", "fastwb int8", "fastwb int8 8-bit"), "torch": ("PyTorch f32", "PyTorch int8"),
          "ort": ("ORT f32", "ORT int8")}
 NAMES = sum(SIDES.values(), ())
 UNAVAILABLE = "fastwb.quantize not available yet"
@@ -178,24 +178,24 @@ def quantizer():
 
 class FastwbSide:
     """One model's fastwb contenders: the float model, its int8 quantization
-    (defaults: per-channel weights, 8-bit activations), the 7-bit one
-    (``reduce_range=True``, PyTorch's default activations) and, for the drift,
-    the per-tensor one."""
+    (defaults: per-channel weights, the activation width of the kernel path),
+    the 8-bit one (``reduce_range=False``) and, for the drift, the per-tensor
+    one."""
 
     def __init__(self, sizes, quantize_dynamic=None):
         self.sizes = sizes
         self.model = build_model(sizes)
-        self.q = self.q_tensor = self.q7 = None
+        self.q = self.q_tensor = self.q8 = None
         if quantize_dynamic is not None:
             self.q = quantize_dynamic(self.model)
             self.q_tensor = quantize_dynamic(self.model, per_channel=False)
-            self.q7 = quantize_dynamic(self.model, reduce_range=True)
+            self.q8 = quantize_dynamic(self.model, reduce_range=False)
 
     def info(self):
         """The quantized model's kernel path and size against the float weights."""
         out = {"float_weight_bytes": linear_weight_bytes(self.model)}
         if self.q is not None:
-            out.update(path=getattr(self.q, "path", None), nbytes=getattr(self.q, "nbytes", None))
+            out.update(path=self.q.path, nbytes=self.q.nbytes, reduce_range=self.q.reduce_range)
         return out
 
     def calls(self, X):
@@ -203,7 +203,7 @@ class FastwbSide:
         out = {"fastwb f32": lambda: self.model.logits(X)}
         if self.q is not None:
             out["fastwb int8"] = lambda: self.q.logits(X)
-            out["fastwb int8 7-bit"] = lambda: self.q7.logits(X)
+            out["fastwb int8 8-bit"] = lambda: self.q8.logits(X)
         return out
 
     def drift(self, sets):
@@ -215,7 +215,7 @@ class FastwbSide:
             if self.q is not None:
                 out[name]["fastwb int8"] = drift(ref, chunked(self.q.logits, X))
                 out[name]["fastwb int8 per-tensor"] = drift(ref, chunked(self.q_tensor.logits, X))
-                out[name]["fastwb int8 7-bit"] = drift(ref, chunked(self.q7.logits, X))
+                out[name]["fastwb int8 8-bit"] = drift(ref, chunked(self.q8.logits, X))
         return out
 
 
@@ -406,9 +406,9 @@ def ratio_specs(tags, batches):
                      goal[1] if goal and goal[0] == b else None, True),
                     (f"{k}: PyTorch int8 / fastwb int8", f"{k} PyTorch int8", f"{k} fastwb int8", PEER_TARGET, False),
                     (f"{k}: ORT int8 / fastwb int8", f"{k} ORT int8", f"{k} fastwb int8", PEER_TARGET, False),
-                    (f"{k}: PyTorch int8 / fastwb int8 7-bit", f"{k} PyTorch int8", f"{k} fastwb int8 7-bit", None,
+                    (f"{k}: PyTorch int8 / fastwb int8 8-bit", f"{k} PyTorch int8", f"{k} fastwb int8 8-bit", None,
                      False),
-                    (f"{k}: fastwb f32 / fastwb int8 7-bit", f"{k} fastwb f32", f"{k} fastwb int8 7-bit", None, True),
+                    (f"{k}: fastwb f32 / fastwb int8 8-bit", f"{k} fastwb f32", f"{k} fastwb int8 8-bit", None, True),
                     (f"{k}: PyTorch f32 / PyTorch int8", f"{k} PyTorch f32", f"{k} PyTorch int8", None, True),
                     (f"{k}: ORT f32 / ORT int8", f"{k} ORT f32", f"{k} ORT int8", None, True)]
     return tuple(out)
@@ -527,7 +527,7 @@ def lines(report):
                 s = report["seconds"].get(f"{tag} b{b} {name}")
                 cells.append(B._fmt_time(float(np.median(s))) if s else "-")
             rows.append([f"{tag} b{b}"] + cells)
-    out += B._text_table(rows, 28, 14)
+    out += B._text_table(rows, 28, 18)
     out.append("")
     verdicts = B.ratio_verdicts(report, ratio_specs(report["models"], report["batches"]))
     out += B.verdict_lines(verdicts, 54)
@@ -538,7 +538,9 @@ def lines(report):
             nb = q.get("nbytes")
             size = (f"{nb / 2**20:.2f} MiB, {nb / fb:.3f} of the float32 weights' {fb / 2**20:.2f} MiB"
                     if nb else f"unknown (float32 weights {fb / 2**20:.2f} MiB)")
-            out.append(f"  fastwb int8 {tag}: kernel path {q.get('path')}; q.nbytes {size}")
+            bits = {True: "7-bit", False: "8-bit"}.get(q.get("reduce_range"), "?")
+            out.append(f"  fastwb int8 {tag}: kernel path {q.get('path')}, {bits} activations by default; "
+                       f"q.nbytes {size}")
     if report["fastwb_int8"]:
         out.append(f"  fastwb int8: {report['fastwb_int8']}")
     out.append(f"  logit drift: largest |int8 - float32 logits| against the contender's own float32 logits, "
