@@ -570,8 +570,10 @@ class Sequential:
             out[start:start + chunk.shape[0]] = ws.plan.forward(chunk, False, self.step_count)
         return out
 
-    def _step(self, X, y, ws):
+    def _step(self, X, y, ws, reducer=None):
         loss = self._gradients(X, y, ws)
+        if reducer is not None:         # data-parallel: the mean gradient over all ranks' rows
+            reducer.reduce(self.grads, X.shape[0])
         self.optimizer._apply([self.grads])
         self.step_count += 1
         return loss
@@ -581,7 +583,7 @@ class Sequential:
         (0 for a loss without classes)."""
         return int(np.count_nonzero(np.argmax(ws.out[-1], axis=1) == y)) if self.loss.classification else 0
 
-    def _adversarial_step(self, X, y, ws, adv):
+    def _adversarial_step(self, X, y, ws, adv, reducer=None):
         """One step on ``(1 - ratio) * loss(x) + ratio * loss(x_adv)``, x_adv the FGSM
         example of x made with this step's weights (in training mode, as the rest
         of the step): the clean pass gives its weight gradients and the input
@@ -603,6 +605,8 @@ class Sequential:
         if clean:
             self.grads *= ratio
             self.grads += g_clean
+        if reducer is not None:
+            reducer.reduce(self.grads, X.shape[0])
         self.optimizer._apply([self.grads])
         self.step_count += 1
         return (1.0 - ratio) * loss_c + ratio * loss_a, correct
@@ -679,7 +683,7 @@ class Sequential:
     @trains
     def fit(self, X, y, epochs=5, batch_size=128, optimizer=None, shuffle=True, validation_data=None, rng=None,
             prune_schedule=None, prune_scope="global", verbose=True, callbacks=(), cache_frozen=False,
-            adversarial=None):
+            adversarial=None, comm=None):
         """Train for ``epochs`` passes over (X, y) in mini-batches, in training mode.
 
         ``epochs`` and ``batch_size`` are integers >= 1.  ``optimizer``: None
@@ -714,6 +718,13 @@ class Sequential:
         gradients and the input gradient together; BatchNorm's running
         statistics see both passes.  The training accuracy is the clean one.
 
+        ``comm``: an mpi4py communicator for synchronous data-parallel
+        training (:mod:`fastwb.distributed`): X, y are this rank's shard,
+        ``batch_size`` is the global batch (a multiple of the number of
+        ranks), gradients are averaged over all ranks every step, the ranks
+        start from rank 0's weights and stay identical; only rank 0 prints,
+        validates and writes checkpoints.
+
         Returns the history dict: per epoch ``loss``, the loss's metric
         (``accuracy``, ``r2`` or ``binary_accuracy``), ``val_*`` of both with
         ``validation_data``, ``sparsity`` and ``seconds``.  Not concurrent
@@ -727,6 +738,13 @@ class Sequential:
             self.compile(optimizer, groups=self.groups)
         elif self.optimizer is None:
             self.compile(groups=self.groups)
+        dist = None
+        if comm is not None:        # a collective call: checks the ranks agree, broadcasts rank 0's state
+            from fastwb.distributed import Reducer
+            dist = Reducer(self, comm, n, batch_size, epochs)
+            batch_size = dist.local_batch
+            verbose = verbose and dist.root
+            validation_data = validation_data if dist.root else None
         if validation_data is not None:
             Xv, yv = validation_data
             Xv = self._check_x(Xv, "validation X")
@@ -748,7 +766,7 @@ class Sequential:
                 adversarial = None
             if cache_frozen:
                 raise ValueError("adversarial training perturbs the input, so cache_frozen cannot be used with it")
-        callbacks = list(callbacks)
+        callbacks = list(callbacks) if dist is None else dist.callbacks(callbacks)
         self.stop_training = False
         for cb in callbacks:
             cb.on_train_begin(self)
@@ -762,6 +780,8 @@ class Sequential:
         last_epoch = self.epochs_done + epochs
         cached, data = 0, X           # stages whose output `data` holds for every row of X
         try:
+            if dist is not None:
+                dist.begin()
             for _ in range(epochs):
                 epoch = self.epochs_done
                 if cache_frozen:
@@ -788,10 +808,10 @@ class Sequential:
                             self.prune(target, prune_scope)
                             current_sparsity = target
                     if adversarial is None:
-                        loss = self._step(ws.x, yb, ws)
+                        loss = self._step(ws.x, yb, ws, dist)
                         correct += self._correct(ws, yb)
                     else:
-                        loss, right = self._adversarial_step(ws.x, yb, ws, adversarial)
+                        loss, right = self._adversarial_step(ws.x, yb, ws, adversarial, dist)
                         correct += right
                     loss_sum += loss * len(idx)
                     bar.update(loss)
@@ -799,20 +819,28 @@ class Sequential:
                 logs = {"loss": loss_sum / n}
                 # the training metric: from the steps' own outputs for accuracy, else one inference pass
                 logs.update({"accuracy": correct / n} if self.loss.classification else self._scores(X, y))
+                if dist is not None:        # averaged over all ranks' rows; running statistics over the ranks
+                    dist.end_epoch(logs, n)
                 self._end_epoch(logs, validation_data, seconds)
+                if dist is not None:
+                    logs = dist.share(logs)     # rank 0's (with its validation), so callbacks agree
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, logs)
+                if dist is not None:
+                    self.stop_training = dist.stop(self.stop_training)
                 for k, v in logs.items():
                     history.setdefault(k, []).append(v)
                 bar.close(f"epoch {epoch + 1}/{last_epoch}: " + ", ".join(
                     f"{k} {v:.4f}" for k, v in logs.items() if k not in ("seconds", "sparsity"))
-                    + f", {n / max(seconds, 1e-9):,.0f} samples/s")
+                    + f", {(n if dist is None else dist.rows_total) / max(seconds, 1e-9):,.0f} samples/s")
                 if self.stop_training:
                     break
         finally:
             for cb in callbacks:
                 cb.on_train_end()
             self.train(was_training)
+            if dist is not None:
+                dist.close()
         return history
 
     # -- inference -----------------------------------------------------------------------
