@@ -394,12 +394,34 @@ typedef struct {
     float alpha;            /* LeakyReLU's slope */
 } fwb_q8_layer;
 
-/* Per-batch scratch of one layer (M rows). */
+/* The scratch of a forward pass (M rows). */
 typedef struct {
-    uint8_t *A;             /* M * k4(K) * 8 (4 but on the split AVX2 path) */
+    uint8_t *A;             /* quantized activations: a_bytes bytes */
+    size_t a_bytes;         /* at least M * k4(K) * 8 for every layer's K */
     int32_t *corr;          /* panels(N) * 16 */
     float *mult;            /* panels(N) * 16 */
+    float *pmn, *pmx;       /* per row and panel: the finite min/max of the layer's output */
+    uint8_t *pbad;          /* per row and panel: whether that block holds NaN or Inf */
+    ptrdiff_t pstride;      /* panels per row in pmn/pmx/pbad (the widest layer's) */
 } fwb_q8_scratch;
+
+/* A layer's quantized activations, per thread when each thread makes its own. */
+#define FWB_Q8_PRIVATE_A (256 * 1024)   /* bytes of A up to which every thread quantizes all rows itself */
+
+/* The finite minimum and maximum of x's rows and their NaN/Inf flags, serial
+ * for small inputs (no OpenMP region), else split over the threads. */
+static void fwb_q8_row_stats(const float *x, ptrdiff_t M, ptrdiff_t K, float *mn, float *mx, uint8_t *bad,
+                             int n_threads) {
+    ptrdiff_t i;
+    if (n_threads > 1 && M * K >= (1 << 20)) {
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, FWB_Q8_ROWS)
+        for (i = 0; i < M; i++)
+            fwb_q8_stats(x + i * K, K, mn + i, mx + i, bad + i);
+    } else {
+        for (i = 0; i < M; i++)
+            fwb_q8_stats(x + i * K, K, mn + i, mx + i, bad + i);
+    }
+}
 
 /* The batch's range over its good rows (0, 0 when none is good). */
 static void fwb_q8_batch_range(const float *mn, const float *mx, const uint8_t *bad, ptrdiff_t M, float *lo,
@@ -419,25 +441,26 @@ static void fwb_q8_batch_range(const float *mn, const float *mx, const uint8_t *
 /* One layer's batch: what every thread of fwb_q8_linear reads. */
 typedef struct {
     const fwb_q8_layer *L;
+    const fwb_q8_scratch *s;
     const float *x;
-    float *y, *mn, *mx;
-    uint8_t *bad, *A;
-    ptrdiff_t M, lda, RB, P, T;
+    float *y;
+    const uint8_t *bad;
+    ptrdiff_t M, lda, RB, P, T, K4;
     float inv, zpf, qmaxf;
-    int zp, simd, split, want_stats, rows_first;
+    int zp, simd, split, want_stats, rows_first, private_a;
     fwb_q8_epi e;
     fwb_q8_tile_fn tile;
 } fwb_q8_batch;
 
 /* Rows [lo, hi) of x quantized into A (the split form on the 8-bit AVX2 path). */
-static void fwb_q8_quantize_range(const fwb_q8_batch *b, ptrdiff_t lo, ptrdiff_t hi) {
+static void fwb_q8_quantize_range(const fwb_q8_batch *b, uint8_t *A, ptrdiff_t lo, ptrdiff_t hi) {
     ptrdiff_t K = b->L->K;
     for (ptrdiff_t i = lo; i < hi; i++) {
-        uint8_t *a = b->A + i * b->lda;
+        uint8_t *a = A + i * b->lda;
         /* the split form is written from the plain one, in the second half of the row's slot */
         uint8_t *a8 = b->split ? a + b->lda / 2 : a;
         if (b->bad[i])
-            memset(a8, b->zp, (size_t)(4 * fwb_q8_k4(K)));
+            memset(a8, b->zp, (size_t)(4 * b->K4));
 #if FWB_Q8_X86
         else if (b->simd)
             fwb_q8_quantize_avx2(b->x + i * K, K, b->inv, b->zpf, b->qmaxf, a8);
@@ -446,82 +469,89 @@ static void fwb_q8_quantize_range(const fwb_q8_batch *b, ptrdiff_t lo, ptrdiff_t
             fwb_q8_quantize_scalar(b->x + i * K, K, b->inv, b->zpf, b->qmaxf, a8);
 #if FWB_Q8_X86
         if (b->split)
-            fwb_q8_split(a8, fwb_q8_k4(K), a);
+            fwb_q8_split(a8, b->K4, a);
 #endif
     }
 }
 
-/* Tiles [lo, hi) of the product, in the batch's order (see fwb_q8_linear). */
-static void fwb_q8_tile_range(const fwb_q8_batch *b, ptrdiff_t lo, ptrdiff_t hi) {
+/* Tile t of the product over A, finished where it lies, still in cache: the
+ * activation, NaN over the bad rows, and the block's statistics for the next
+ * layer (min/max are exact and order-free: the same bits for any split). */
+static void fwb_q8_tile_at(const fwb_q8_batch *b, const uint8_t *A, ptrdiff_t t) {
     const fwb_q8_layer *L = b->L;
-    ptrdiff_t N = L->N, K4 = fwb_q8_k4(L->K);
-    for (ptrdiff_t t = lo; t < hi; t++) {
-        ptrdiff_t p = b->rows_first ? t % b->P : t / b->RB;
-        ptrdiff_t r0 = (b->rows_first ? t / b->P : t % b->RB) * FWB_Q8_ROWS;
-        ptrdiff_t rows = b->M - r0 < FWB_Q8_ROWS ? b->M - r0 : FWB_Q8_ROWS;
-        ptrdiff_t j0 = p * FWB_Q8_NR;
-        int ncols = (int)(N - j0 < FWB_Q8_NR ? N - j0 : FWB_Q8_NR);
-        b->tile((int)rows, b->A + r0 * b->lda, b->lda, L->Bp + p * K4 * 64, K4, &b->e, j0, ncols,
-                b->y + r0 * N + j0, N);
-    }
-}
-
-/* The output pass over rows [lo, hi): activation, NaN rows, next statistics. */
-static void fwb_q8_output_range(const fwb_q8_batch *b, ptrdiff_t lo, ptrdiff_t hi) {
-    const fwb_q8_layer *L = b->L;
+    const fwb_q8_scratch *s = b->s;
     ptrdiff_t N = L->N;
-    for (ptrdiff_t i = lo; i < hi; i++) {
-        float *yr = b->y + i * N;
+    ptrdiff_t p = b->rows_first ? t % b->P : t / b->RB;
+    ptrdiff_t r0 = (b->rows_first ? t / b->P : t % b->RB) * FWB_Q8_ROWS;
+    ptrdiff_t rows = b->M - r0 < FWB_Q8_ROWS ? b->M - r0 : FWB_Q8_ROWS;
+    ptrdiff_t j0 = p * FWB_Q8_NR;
+    int ncols = (int)(N - j0 < FWB_Q8_NR ? N - j0 : FWB_Q8_NR);
+    b->tile((int)rows, A + r0 * b->lda, b->lda, L->Bp + p * b->K4 * 64, b->K4, &b->e, j0, ncols,
+            b->y + r0 * N + j0, N);
+    for (ptrdiff_t i = r0; i < r0 + rows; i++) {
+        float *yr = b->y + i * N + j0;
+        ptrdiff_t at = i * s->pstride + p;
         if (b->bad[i]) {
-            for (ptrdiff_t j = 0; j < N; j++)
+            for (int j = 0; j < ncols; j++)
                 yr[j] = NAN;
             continue;
         }
         if (L->act != FWB_ACT_IDENTITY)
-            fwb_bias_act_f32(yr, NULL, yr, N, L->act, L->alpha);
+            fwb_bias_act_f32(yr, NULL, yr, ncols, L->act, L->alpha);
         if (b->want_stats)
-            fwb_q8_stats(yr, N, b->mn + i, b->mx + i, b->bad + i);
+            fwb_q8_stats(yr, ncols, s->pmn + at, s->pmx + at, s->pbad + at);
     }
 }
 
 /* The layer's work, run by every thread of the team (or by one thread outside
- * any parallel region).  Rows first, the unit of work is a whole row block: it
- * needs no other block's rows, so it is quantized, multiplied and finished by
- * whoever takes it, with no barrier.  Panels first, the quantization pass, the
- * tiles and the output pass are shared in turn, with a barrier after each.
- * The units are handed out as the threads ask (dynamic schedules): a thread
- * that starts late (woken late, or preempted on a busy machine) leaves its units to
- * the threads already running.  Which thread computes a unit never changes
- * its bits. */
-static void fwb_q8_phases(const fwb_q8_batch *b) {
+ * any parallel region), with no barrier unless the activations are too many
+ * to quantize per thread:
+ *   rows first (the weights fit in L2, a row block per thread at least): the
+ *       unit of work is a row block, quantized, multiplied by every panel and
+ *       finished by whoever takes it;
+ *   panels first, few activations: every thread quantizes all rows into its
+ *       own A (the same bytes), then takes tiles;
+ *   panels first, many activations: the threads share the quantization, wait
+ *       for each other once, then take tiles.
+ * Units are handed out as the threads ask (dynamic schedules): a thread that
+ * starts late (woken late, or preempted on a busy machine) leaves its units to
+ * the threads already running.  Which thread computes a unit never changes its
+ * bits. */
+static void fwb_q8_phases(const fwb_q8_batch *b, int tid) {
     ptrdiff_t u;
     if (b->rows_first) {
 #pragma omp for schedule(dynamic, 1) nowait
         for (u = 0; u < b->RB; u++) {
             ptrdiff_t r0 = u * FWB_Q8_ROWS, r1 = r0 + FWB_Q8_ROWS < b->M ? r0 + FWB_Q8_ROWS : b->M;
-            fwb_q8_quantize_range(b, r0, r1);
-            fwb_q8_tile_range(b, u * b->P, (u + 1) * b->P);
-            fwb_q8_output_range(b, r0, r1);
+            fwb_q8_quantize_range(b, b->s->A, r0, r1);
+            for (ptrdiff_t t = u * b->P; t < (u + 1) * b->P; t++)
+                fwb_q8_tile_at(b, b->s->A, t);
         }
         return;
     }
+    const uint8_t *A = b->s->A;
+    if (b->private_a) {
+        uint8_t *mine = b->s->A + (size_t)tid * (size_t)(b->M * b->lda);
+        fwb_q8_quantize_range(b, mine, 0, b->M);
+        A = mine;
+    } else {
 #pragma omp for schedule(dynamic, 4)
-    for (u = 0; u < b->M; u++)
-        fwb_q8_quantize_range(b, u, u + 1);
-#pragma omp for schedule(dynamic, 1)
+        for (u = 0; u < b->M; u++)
+            fwb_q8_quantize_range(b, b->s->A, u, u + 1);
+    }
+#pragma omp for schedule(dynamic, 1) nowait
     for (u = 0; u < b->T; u++)
-        fwb_q8_tile_range(b, u, u + 1);
-#pragma omp for schedule(dynamic, 4) nowait
-    for (u = 0; u < b->M; u++)
-        fwb_q8_output_range(b, u, u + 1);
+        fwb_q8_tile_at(b, A, u);
 }
 
-/* y (M, N) = the layer applied to x (M, K), whose row statistics are mn/mx/bad
- * (updated in place to those of y when want_stats).  A bad row of x gives a
- * NaN row of y.  The product's tiles are FWB_Q8_ROWS rows x one panel; each
- * output element is computed by one tile in one fixed order, so the result
- * does not depend on n_threads, nor on which thread takes which unit of work
- * (fwb_q8_phases).  One thread enters no OpenMP region. */
+/* y (M, N) = the layer applied to x (M, K), whose row statistics are mn/mx/bad;
+ * with want_stats they become those of y (a bad row of x gives a NaN row of y,
+ * and a row of y holding an Inf is bad too).  The product's tiles are
+ * FWB_Q8_ROWS rows x one panel; each output element is computed by one tile in
+ * one fixed order, so the result depends neither on n_threads nor on which
+ * thread takes which unit of work.  One thread enters no OpenMP region; more
+ * enter one, whose end is the layer's only wait but in the shared-quantization
+ * case (fwb_q8_phases). */
 static void fwb_q8_linear(const fwb_q8_layer *L, const float *x, ptrdiff_t M, float *y, float *mn, float *mx,
                           uint8_t *bad, int qmax, int path, const fwb_q8_scratch *s, int want_stats,
                           int n_threads) {
@@ -536,22 +566,23 @@ static void fwb_q8_linear(const fwb_q8_layer *L, const float *x, ptrdiff_t M, fl
     }
     fwb_q8_batch b;
     b.L = L;
+    b.s = s;
     b.x = x;
     b.y = y;
-    b.mn = mn;
-    b.mx = mx;
     b.bad = bad;
-    b.A = s->A;
     b.M = M;
+    b.K4 = fwb_q8_k4(L->K);
     b.split = path == FWB_Q8_AVX2 && qmax > 127;
-    b.lda = fwb_q8_k4(L->K) * (b.split ? 8 : 4);
+    b.lda = b.K4 * (b.split ? 8 : 4);
     b.RB = (M + FWB_Q8_ROWS - 1) / FWB_Q8_ROWS;
     b.P = P;
     b.T = P * b.RB;
     /* weights that fit in L2 stay there while row blocks go by (rows first);
      * larger ones (or too few row blocks for the threads) are read once, a panel
      * at a time, and the rows go by each */
-    b.rows_first = P * fwb_q8_k4(L->K) * 64 <= FWB_Q8_L2_WEIGHTS && b.RB >= n_threads;
+    b.rows_first = P * b.K4 * 64 <= FWB_Q8_L2_WEIGHTS && b.RB >= n_threads;
+    b.private_a = n_threads > 1 && (size_t)(M * b.lda) <= FWB_Q8_PRIVATE_A
+                  && (size_t)n_threads * (size_t)(M * b.lda) <= s->a_bytes;
     b.inv = 1.0f / scale;
     b.zpf = (float)zp;
     b.qmaxf = (float)qmax;
@@ -564,23 +595,26 @@ static void fwb_q8_linear(const fwb_q8_layer *L, const float *x, ptrdiff_t M, fl
     b.tile = fwb_q8_tile_of(path, qmax);
     if (n_threads > 1) {
 #pragma omp parallel num_threads(n_threads)
-        fwb_q8_phases(&b);
+        fwb_q8_phases(&b, omp_get_thread_num());
     } else {
-        fwb_q8_phases(&b);
+        fwb_q8_phases(&b, 0);
     }
-}
-
-/* Row statistics of x (M, K) into mn/mx/bad (M each), rows split over threads. */
-static void fwb_q8_row_stats(const float *x, ptrdiff_t M, ptrdiff_t K, float *mn, float *mx, uint8_t *bad,
-                             int n_threads) {
-    ptrdiff_t i;
-    if (n_threads > 1) {
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, FWB_Q8_ROWS)
-        for (i = 0; i < M; i++)
-            fwb_q8_stats(x + i * K, K, mn + i, mx + i, bad + i);
-    } else {
-        for (i = 0; i < M; i++)
-            fwb_q8_stats(x + i * K, K, mn + i, mx + i, bad + i);
+    if (!want_stats)
+        return;
+    /* the rows' statistics from their blocks' */
+    for (ptrdiff_t i = 0; i < M; i++) {
+        const float *pn = s->pmn + i * s->pstride, *px = s->pmx + i * s->pstride;
+        const uint8_t *pb = s->pbad + i * s->pstride;
+        float l = INFINITY, h = -INFINITY;
+        uint8_t any = bad[i];
+        for (ptrdiff_t p = 0; p < P && !any; p++) {
+            l = pn[p] < l ? pn[p] : l;
+            h = px[p] > h ? px[p] : h;
+            any |= pb[p];
+        }
+        mn[i] = l;
+        mx[i] = h;
+        bad[i] = any;
     }
 }
 

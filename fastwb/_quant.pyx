@@ -36,8 +36,14 @@ cdef extern from "fwb_q8.h" nogil:
         float alpha
     ctypedef struct fwb_q8_scratch:
         uint8_t *A
+        size_t a_bytes
         int32_t *corr
         float *mult
+        float *pmn
+        float *pmx
+        uint8_t *pbad
+        Py_ssize_t pstride
+    int FWB_Q8_PRIVATE_A
     int fwb_q8_supported(int path)
     Py_ssize_t fwb_q8_k4(Py_ssize_t K)
     Py_ssize_t fwb_q8_panels(Py_ssize_t N)
@@ -145,9 +151,10 @@ cdef class QNet:
     def __dealloc__(self):
         free(self.c_layers)
 
-    def workspace(self, Py_ssize_t M):
-        """The scratch of a forward pass over M rows."""
-        return _Workspace(M, self.widest_in, self.widest_out)
+    def workspace(self, Py_ssize_t M, int n_threads=1):
+        """The scratch of a forward pass over M rows, for up to n_threads threads
+        (more still work: they then share the quantization pass)."""
+        return _Workspace(M, self.widest_in, self.widest_out, n_threads)
 
     def forward(self, const float[:, ::1] X, float[:, ::1] out, _Workspace ws, int path, int n_threads):
         """out = the network applied to X (M >= 1 rows, ``ws.batch`` of them)."""
@@ -174,13 +181,19 @@ cdef class _Workspace:
     cdef uint8_t *bad
     cdef object _arrays
 
-    def __init__(self, Py_ssize_t rows, Py_ssize_t widest_in, Py_ssize_t widest_out):
-        cdef uint8_t[::1] A = np.empty(max(rows * widest_in, 1), np.uint8), bad = np.empty(max(rows, 1), np.uint8)
+    def __init__(self, Py_ssize_t rows, Py_ssize_t widest_in, Py_ssize_t widest_out, int n_threads):
+        cdef Py_ssize_t a = max(rows * widest_in, 1), panels = widest_out // FWB_Q8_NR
+        if a <= FWB_Q8_PRIVATE_A and n_threads > 1:     # room for every thread's own quantized rows
+            a *= n_threads
+        cdef uint8_t[::1] A = np.empty(a, np.uint8), bad = np.empty(max(rows, 1), np.uint8)
+        cdef uint8_t[::1] pbad = np.empty(max(rows * panels, 1), np.uint8)
         cdef int32_t[::1] corr = np.empty(widest_out, np.int32)
         cdef float[::1] mult = np.empty(widest_out, np.float32)
         cdef float[:, ::1] tmp = np.empty((2, max(rows * widest_out, 1)), np.float32)
         cdef float[:, ::1] stats = np.empty((2, max(rows, 1)), np.float32)
-        self.batch, self._arrays = rows, (A, bad, corr, mult, tmp, stats)
-        self.s.A, self.s.corr, self.s.mult = &A[0], &corr[0], &mult[0]
+        cdef float[:, ::1] pstats = np.empty((2, max(rows * panels, 1)), np.float32)
+        self.batch, self._arrays = rows, (A, bad, pbad, corr, mult, tmp, stats, pstats)
+        self.s.A, self.s.a_bytes, self.s.corr, self.s.mult = &A[0], a, &corr[0], &mult[0]
+        self.s.pmn, self.s.pmx, self.s.pbad, self.s.pstride = &pstats[0, 0], &pstats[1, 0], &pbad[0], panels
         self.tmp[0], self.tmp[1] = &tmp[0, 0], &tmp[1, 0]
         self.mn, self.mx, self.bad = &stats[0, 0], &stats[1, 0], &bad[0]

@@ -85,7 +85,7 @@ import os
 import numpy as np
 
 from fastwb import _io, _quant
-from fastwb._runtime import plan_threads
+from fastwb._runtime import default_threads, plan_threads
 from fastwb._validate import ACTIVATIONS, check_int
 from fastwb.nn import losses as _losses
 from fastwb.nn.deploy import Act, Dense, Norm, eval_ops
@@ -97,9 +97,11 @@ __all__ = ["quantize_dynamic", "QuantizedModel", "load", "available_paths", "def
 
 #: the widest Linear input the exact int32 accumulation allows (255 * 128 * 65536 < 2^31)
 MAX_IN_FEATURES = 65536
-#: multiply-adds per thread below which a forward pass stays on one thread: measured on 2 cores of the
-#: development machine, 784-256-10 at batch 8 (1.6M multiply-adds) ran 1.35x faster on 2 threads
-GRAIN_INT8 = 1 << 19
+#: multiply-adds per thread below which a forward pass stays on one thread.  Measured on 2 cores of
+#: the development machine, 784-256-10 (0.2M multiply-adds per row): quiet, 2 threads ran 1.1x faster
+#: at batch 8-32 and 1.6x at 128; beside 2 busy processes they ran 4-13x slower at batch 8-32 (the
+#: OpenMP region's start and end wait for a descheduled thread) and 1.2x faster at 128.
+GRAIN_INT8 = 1 << 22
 _QUANT_FORMAT = "fastwb-int8-1"
 _SPEC_BYTES = 1 << 20
 
@@ -165,7 +167,7 @@ class QuantizedModel:
         self._net = _quant.QNet(self._layers, 127 if self.reduce_range else 255)
         self.in_features, self.out_features = self._net.in_features, self._net.out_features
         self.path = default_path()
-        self._pool = WorkspacePool(make=lambda net, n: net.workspace(n))
+        self._pool = WorkspacePool(make=lambda net, n: net.workspace(n, default_threads()))
         self._macs_per_row = sum(d["K"] * d["N"] for d in self._layers)
 
     # -- what it holds ------------------------------------------------------------------
