@@ -5,7 +5,7 @@
  *
  *   1. row statistics:  per row of x its finite minimum and maximum, and a
  *      flag for a row holding NaN or Inf (fwb_q8_row_stats, or the previous
- *      layer's output pass);
+ *      layer's tiles: step 5);
  *   2. parameters:      the batch's min/max over the finite rows gives the
  *      activation scale s_a and zero point z (fwb_q8_qparams, PyTorch's
  *      ChooseQuantizationParams, exactly);
@@ -16,8 +16,9 @@
  *      packed copy of the int8 weights, and in the same register tile the
  *      epilogue  y = (float)(acc - z colsum[j]) * (s_a s_w[j]) + b[j]
  *      (a float product, then a float sum: no fused multiply-add);
- *   5. the output pass: the activation, NaN over every bad row, and the row
- *      statistics of y for the next layer, in one pass per row.
+ *   5. the tile's finish, while its block of y is in cache: the activation,
+ *      NaN over every bad row, and the block's finite min/max and NaN/Inf
+ *      flag per row, which the next layer combines into its row statistics.
  *
  * Packed weights (made once, at quantization): panels of FWB_Q8_NR = 16
  * output columns, K padded with zero weights to a multiple of 4, laid out
