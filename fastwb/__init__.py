@@ -21,7 +21,9 @@ Public layer (start reading here):
   ...): :mod:`fastwb.explain` (saliency maps, attributions),
   :mod:`fastwb.adversarial` (FGSM, PGD, robust accuracy),
   :mod:`fastwb.ensemble` (deep ensembles, MC dropout, uncertainty),
-  :mod:`fastwb.quantize` (int8 dynamic quantization for inference).
+  :mod:`fastwb.quantize` (int8 dynamic quantization for inference),
+  :mod:`fastwb.distributed` (data-parallel training over MPI; mpi4py is
+  imported only when it is used).
 
 The compiled kernels live in the private ``fastwb._dense``, ``_losses``,
 ``_optim`` and ``_prune`` (Cython + OpenMP) over C helpers in ``csrc/``.
@@ -49,7 +51,7 @@ __all__ = [
 
 
 #: modules built on the engine, imported when first used as ``fastwb.<name>``
-FEATURES = ("explain", "adversarial", "ensemble", "quantize")
+FEATURES = ("explain", "adversarial", "ensemble", "quantize", "distributed")
 
 
 def __getattr__(name):
