@@ -361,9 +361,10 @@ class OrtPeer(_Peer):
         return {"ORT f32": lambda: s32.run(None, {"x": x})[0], "ORT int8": lambda: s8.run(None, {"x": x})[0]}
 
 
-# Answers one JSON line per command: "time REPEATS TARGET_S" (the peer's contenders
-# at every model and batch), "drift" (its int8 logits against its float32 ones).
-_WORKER = r"""
+# The start of a peer worker: PyTorch or ONNX Runtime imported first, the peer
+# built on the models of ``config``, its "ready" line printed (bench/test_bench_quantize.py
+# adds its own commands after it).
+WORKER_START = r"""
 import json, sys
 which, config = sys.argv[1], json.loads(sys.argv[2])
 if which == "torch":
@@ -375,6 +376,11 @@ sys.path.insert(0, config["here"])
 import quantize as Q
 peer = (Q.TorchPeer if which == "torch" else Q.OrtPeer)(config)
 print(json.dumps({"ready": True, **peer.info}), flush=True)
+"""
+
+# Answers one JSON line per command: "time REPEATS TARGET_S" (the peer's contenders
+# at every model and batch), "drift" (its int8 logits against its float32 ones).
+_WORKER = WORKER_START + r"""
 for line in sys.stdin:
     cmd, *args = line.split()
     if cmd == "time":

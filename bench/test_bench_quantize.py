@@ -154,19 +154,8 @@ class Problem:
 
 # "run TAG B CALLS NAME...": CALLS calls of contender NAME at batch B of model TAG;
 # "save TAG B PATH NAME...": one call's output into PATH (.npy).  One JSON line each.
-_WORKER = r"""
-import json, sys
-which, config = sys.argv[1], json.loads(sys.argv[2])
-if which == "torch":
-    import torch                    # first: PyTorch loads the OpenMP runtime with its own defaults
-    torch.set_num_threads(config["threads"])
-else:
-    import onnxruntime
-sys.path.insert(0, config["here"])
+_WORKER = Q.WORKER_START + r"""
 import numpy as np
-import quantize as Q
-peer = (Q.TorchPeer if which == "torch" else Q.OrtPeer)(config)
-print(json.dumps({"ready": True, **peer.info}), flush=True)
 calls = {}
 for line in sys.stdin:
     cmd, tag, b, arg, *name = line.split()

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 from unittest import mock
@@ -344,5 +345,6 @@ def test_info_of_a_float_model_is_unchanged(saved):
 
 def test_importing_the_cli_does_not_import_quantize():
     script = "import sys, fastwb.cli; print(sorted(m for m in sys.modules if 'quant' in m))"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False,
+                          cwd=tempfile.gettempdir())     # the installed fastwb, not the source tree
     assert done.returncode == 0 and done.stdout == "[]\n", done.stderr

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 import textwrap
 
@@ -20,7 +21,6 @@ import pytest
 
 from fastwb import nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 needs_mpi = pytest.mark.skipif(
@@ -136,11 +136,12 @@ WORKER = textwrap.dedent(r'''
 
 def _mpirun(n, script, out_dir, timeout=60):
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", FASTWB_NO_PROGRESS="1",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", FASTWB_NO_PROGRESS="1")
     cmd = [MPIRUN, "-n", str(n), "--oversubscribe", sys.executable, "-m", "mpi4py", str(script), str(out_dir)]
     try:
-        proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=timeout)
+        # from the job's own folder: the installed fastwb, never the (unbuilt) source tree
+        proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=timeout,
+                              cwd=out_dir)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"mpirun -n {n} did not finish in {timeout} s (a rank waiting in a collective?)\n"
                     f"{e.stdout}\n{e.stderr}")
@@ -245,8 +246,7 @@ def test_comm_none_is_the_plain_fit():
 
 def test_import_fastwb_does_not_import_mpi4py():
     code = "import sys, fastwb, fastwb.distributed; assert 'mpi4py' not in sys.modules, 'imported'"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=tempfile.gettempdir())
 
 
 def test_missing_mpi4py_names_the_extra(monkeypatch):
