@@ -380,25 +380,44 @@ def _cmd_train(args):
         return fail(f"cannot build a {'-'.join(map(str, sizes))} model: {e}")
     model.compile(args.optimizer, lr=lr)
     say = print if not args.quiet else (lambda *a, **k: None)
+    comm, root = None, True
+    if args.distributed:
+        if args.ensemble:
+            return fail("--distributed trains one model: it cannot be combined with --ensemble")
+        try:
+            from fastwb import distributed
+            comm = distributed.require_mpi().COMM_WORLD
+        except ImportError as e:
+            return fail(str(e))
+        if batch % comm.Get_size():
+            return fail(f"--batch-size {batch} is the global batch: it must be a multiple of the "
+                        f"{comm.Get_size()} ranks")
+        root = comm.Get_rank() == 0
+        rows = distributed.shard(len(X_train), comm)
+        X_train, y_train = X_train[rows], y_train[rows]
+        if not root:                    # rank 0 alone prints, saves and plots
+            say, args.quiet, args.save, args.plot = (lambda *a, **k: None), False, None, None
     if args.ensemble:
         return _train_ensemble(args, model, sizes, dtype, lr, epochs, batch, (X_train, y_train, X_test, y_test),
                                say, fail)
+    n_rows = len(X_train) if comm is None else comm.allreduce(len(X_train))
+    ranks = "" if comm is None else f" over {comm.Get_size()} ranks"
     say(f"fastwb {fastwb.__version__}: training {model} on {args.dataset} "
-        f"({len(X_train)} train / {len(X_test)} test), {args.optimizer} "
+        f"({n_rows} train{ranks} / {len(X_test)} test), {args.optimizer} "
         f"lr {model.optimizer.hyper['lr']}, batch {batch}, {epochs} epochs, {fastwb.get_num_threads()} threads")
     t0 = time.perf_counter()
     try:
         adversarial = None if args.adversarial is None else dict(attack="fgsm", eps=args.adversarial, ratio=0.5)
         history = model.fit(X_train, y_train, epochs=epochs, batch_size=batch, rng=args.seed,
-                            validation_data=(X_test, y_test), prune_schedule=args.prune, verbose=not args.quiet,
-                            adversarial=adversarial)
+                            validation_data=(X_test, y_test), prune_schedule=args.prune,
+                            verbose=not args.quiet and root, adversarial=adversarial, comm=comm)
     except ValueError as e:         # what fit refuses before training (e.g. BatchNorm and a one-row last batch)
         return fail(str(e))
     seconds = time.perf_counter() - t0
     loss, accuracy = model.evaluate(X_test, y_test)
     train_seconds = sum(history["seconds"])
     say(f"\ntest accuracy {accuracy:.4f} (loss {loss:.4f})")
-    say(f"training: {seconds:.2f} s, {epochs * len(X_train) / max(train_seconds, 1e-9):,.0f} samples/s")
+    say(f"training: {seconds:.2f} s, {epochs * n_rows / max(train_seconds, 1e-9):,.0f} samples/s{ranks}")
     say("\nweight and bias statistics")
     for s in slides.weight_statistics(model):
         say(f"  layer {s['layer']}: W mean {s['W_mean']:+.4f} std {s['W_std']:.4f} | "
@@ -412,7 +431,7 @@ def _cmd_train(args):
             say(f"wrote {args.plot}")
         except OSError as e:
             status = fail(f"cannot write {args.plot}: {e}", 1)
-    if args.quiet:
+    if args.quiet and root:
         print(f"{accuracy:.4f}")
     return status
 
@@ -754,6 +773,9 @@ def build_parser():
     train.add_argument("--ensemble", type=positive_int, metavar="N",
                        help="train a deep ensemble of N members (seeds seed, seed + 1, ...) and score it "
                             "(accuracy, NLL, Brier, ECE); --save writes the ensemble")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over MPI (run under mpirun -n N): each rank trains on its block of the "
+                            "training set, --batch-size is the global batch; only rank 0 prints and saves")
     train.add_argument("--batched", action="store_true",
                        help="with --ensemble: all members on one shared sequence of batches, one fused "
                             "optimizer pass (faster, less diverse)")

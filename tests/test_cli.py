@@ -200,7 +200,7 @@ def test_every_option_has_a_bad_value_strategy():
         valued = {o for o in options
                   if o not in ("--help", "--quiet", "--quick", "--data-path", "--filter", "--batchnorm",
                                "--contention", "--cgroup", "--inference", "--softmax", "--keep-batchnorm",
-                               "--batched")}
+                               "--batched", "--distributed")}
         assert valued == set(bad), command
 
 

@@ -329,3 +329,28 @@ def test_deterministic_mode_is_bitwise_identical_on_1_2_4_ranks(tmp_path):
         for r, res in enumerate(results):
             assert res["bn_dropout"] == first["bn_dropout"], (n, r)
             assert res["plain"] == first["plain"], (n, r)
+
+
+@needs_mpi
+def test_fastwb_train_distributed(tmp_path):
+    """``mpirun -n 2 fastwb train --distributed``: rank 0 alone prints (one
+    accuracy line with --quiet) and writes the model; the saved model is the
+    ranks' common one, and a global batch the ranks cannot split is an error."""
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+
+    def train(*argv):
+        cmd = [MPIRUN, "-n", "2", "--oversubscribe", sys.executable, "-m", "mpi4py", "-m", "fastwb", "train",
+               "--distributed", "--epochs", "2", "--hidden", "16", *argv]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    done = train("--quiet", "--save", "m.fwb")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    assert len(lines) == 1 and 0.0 < float(lines[0]) <= 1.0, done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fwb"]
+    from fastwb import datasets, nn
+    model = nn.load(str(tmp_path / "m.fwb"))
+    _, _, X_test, y_test = datasets.load("digits", rng=0)
+    assert model.evaluate(X_test, y_test)[1] == pytest.approx(float(lines[0]), abs=5e-5)
+    bad = train("--batch-size", "33")
+    assert bad.returncode != 0 and "multiple of the 2 ranks" in bad.stderr
