@@ -101,10 +101,11 @@ def quantize_rows(const float[:, ::1] X, float scale, int zp, int qmax, int path
     out = np.empty((M, lda), np.uint8)
     cdef uint8_t[:, ::1] A = out
     cdef float inv = 1.0 / scale
+    cdef bint simd = path > 0 and fwb_q8_supported(FWB_Q8_AVX2)
     if lda == 0:
         return out
     for i in range(M):
-        if path > 0 and fwb_q8_supported(FWB_Q8_AVX2):
+        if simd:
             fwb_q8_quantize_avx2(&X[i, 0], K, inv, <float>zp, <float>qmax, &A[i, 0])
         else:
             fwb_q8_quantize_scalar(&X[i, 0], K, inv, <float>zp, <float>qmax, &A[i, 0])

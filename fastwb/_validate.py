@@ -42,6 +42,19 @@ def same_dtype(**arrays):
     return dtype
 
 
+def model_input(X, dtype, in_features, name="X"):
+    """A model's input: an array of ``dtype`` (a TypeError otherwise, no silent
+    cast) shaped ``(n, in_features)``, returned C-contiguous and aligned (a copy
+    only when it is not), since compiled plans read it by pointer."""
+    if type(X) is not np.ndarray:
+        X = np.asarray(X)
+    if X.dtype != dtype:
+        raise TypeError(f"{name} has dtype {X.dtype} but the model is {np.dtype(dtype)}; convert it with .astype(...)")
+    if X.ndim != 2 or X.shape[1] != in_features:
+        raise ValueError(f"{name} must have shape (n, {in_features}), got {X.shape}")
+    return X if X.flags.c_contiguous and X.flags.aligned else np.require(X, requirements=("C", "A"))
+
+
 def out_array(name, out, shape, dtype):
     """Check a caller-supplied output array, or allocate one when ``out`` is None."""
     if out is None:

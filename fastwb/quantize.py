@@ -86,7 +86,7 @@ import numpy as np
 
 from fastwb import _io, _quant
 from fastwb._runtime import default_threads, plan_threads
-from fastwb._validate import ACTIVATIONS, check_int
+from fastwb._validate import ACTIVATIONS, check_int, model_input
 from fastwb.nn import losses as _losses
 from fastwb.nn.deploy import Act, Dense, Norm, eval_ops
 from fastwb.nn.plan import WorkspacePool
@@ -216,14 +216,7 @@ class QuantizedModel:
 
     # -- inference ----------------------------------------------------------------------
     def _check_x(self, X, name="X"):
-        if type(X) is not np.ndarray:
-            X = np.asarray(X)
-        if X.dtype != np.float32:
-            raise TypeError(f"{name} has dtype {X.dtype} but a quantized model takes float32; convert it with "
-                            ".astype(np.float32)")
-        if X.ndim != 2 or X.shape[1] != self.in_features:
-            raise ValueError(f"{name} must have shape (n, {self.in_features}), got {X.shape}")
-        return X if X.flags.c_contiguous and X.flags.aligned else np.require(X, requirements=("C", "A"))
+        return model_input(X, self.dtype, self.in_features, name)
 
     def logits(self, X, batch_size=1024):
         """The network's output for float32 X ``(n, in_features)``, in chunks of
@@ -261,10 +254,8 @@ class QuantizedModel:
         if X.shape[0] == 0:
             raise ValueError("X has no rows: nothing to evaluate")
         y = self.loss.targets(y, X.shape[0], self.out_features, np.float32)
-        out = self.logits(X, batch_size)
-        loss = self.loss.compute(out, y, np.empty_like(out))
-        scores = self.loss.scores(out, y)
-        return loss, scores["r2"] if self.loss.name == "mse" else next(iter(scores.values()))
+        loss, scores = self.loss.evaluate(self.logits(X, batch_size), y)
+        return loss, self.loss.headline(scores)
 
     def fit(self, *args, **kwargs):
         """A quantized model is for inference only: always a ValueError."""

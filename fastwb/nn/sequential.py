@@ -39,7 +39,7 @@ import numpy as np
 from fastwb import _io, init, optim, prune
 from fastwb import _adversarial
 from fastwb._runtime import GRAIN_MEMORY, plan_threads
-from fastwb._validate import FLOAT_DTYPES, check_int, check_real
+from fastwb._validate import FLOAT_DTYPES, check_int, check_real, model_input
 from fastwb.nn import losses as _losses
 from fastwb.nn.layers import BatchNorm1d, Layer, Linear, layer_from_config
 from fastwb.nn.plan import MODELS, TRAIN_SIZES, Workspace, WorkspacePool, stages, trains
@@ -430,14 +430,7 @@ class Sequential:
 
     # -- checks --------------------------------------------------------------------------
     def _check_x(self, X, name="X"):
-        if type(X) is not np.ndarray:
-            X = np.asarray(X)
-        if X.dtype != self.dtype:
-            raise TypeError(f"{name} has dtype {X.dtype} but the model is {self.dtype}; convert it with .astype(...)")
-        if X.ndim != 2 or X.shape[1] != self.in_features:
-            raise ValueError(f"{name} must have shape (n, {self.in_features}), got {X.shape}")
-        # the compiled plan reads X by pointer: C-contiguous and aligned (a copy otherwise)
-        return X if X.flags.c_contiguous and X.flags.aligned else np.require(X, requirements=("C", "A"))
+        return model_input(X, self.dtype, self.in_features, name)
 
     def _check_batch(self, X, y, name="y"):
         X = self._check_x(X)
@@ -893,12 +886,10 @@ class Sequential:
         X, y = self._check_batch(X, y)
         _nonempty(X)
         loss, scores = self._evaluate(X, y, check_int("batch_size", batch_size, 1))
-        return loss, next(iter(scores.values())) if self.loss.name != "mse" else scores["r2"]
+        return loss, self.loss.headline(scores)
 
     def _evaluate(self, X, y, batch_size):
-        out = self.logits(X, batch_size)
-        grad = np.empty_like(out)
-        return self.loss.compute(out, y, grad), self.loss.scores(out, y)
+        return self.loss.evaluate(self.logits(X, batch_size), y)
 
     def _scores(self, X, y):
         return self.loss.scores(self.logits(X), y)
