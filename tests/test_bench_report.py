@@ -204,6 +204,19 @@ def test_write_files(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["R.md", "r.json", "r.png"]
 
 
+def test_regenerated_markdown_keeps_the_hand_written_sections(tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    kept = B.KEPT_MARKER + "\n\n## Federated learning\n\nrounds to 97%: 56\n"
+    md.write_text("# fastwb benchmarks\n\nold generated part\n\n" + kept)
+    B.write_files(synthetic(), markdown_path=str(md))
+    text = md.read_text()
+    assert "old generated part" not in text and "## Comparisons" in text
+    assert text.endswith(kept) and text.count(B.KEPT_MARKER) == 1
+    md.write_text("no marker here\n")
+    B.write_files(synthetic(), markdown_path=str(md))
+    assert "no marker here" not in md.read_text() and B.KEPT_MARKER not in md.read_text()
+
+
 def test_failed_figure_leaves_the_previous_file(tmp_path, monkeypatch):
     _png_ok()
     old = tmp_path / "r.png"

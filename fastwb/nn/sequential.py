@@ -676,7 +676,7 @@ class Sequential:
     @trains
     def fit(self, X, y, epochs=5, batch_size=128, optimizer=None, shuffle=True, validation_data=None, rng=None,
             prune_schedule=None, prune_scope="global", verbose=True, callbacks=(), cache_frozen=False,
-            adversarial=None, comm=None):
+            adversarial=None, comm=None, proximal=None, train_metrics=True):
         """Train for ``epochs`` passes over (X, y) in mini-batches, in training mode.
 
         ``epochs`` and ``batch_size`` are integers >= 1.  ``optimizer``: None
@@ -717,6 +717,19 @@ class Sequential:
         ranks), gradients are averaged over all ranks every step, the ranks
         start from rank 0's weights and stay identical; only rank 0 prints,
         validates and writes checkpoints.
+
+        ``proximal``: FedProx's proximal term (Li et al. 2020),
+        ``dict(mu=0.01)`` (anchored at the parameters ``fit`` starts from) or
+        ``dict(mu=0.01, anchor=flat)`` (a copy of ``model.params`` taken
+        earlier): the objective becomes ``loss(w) + mu/2 ||w - anchor||^2``
+        over every trainable parameter, so each step's gradient gets
+        ``mu (w - anchor)`` added before the optimizer runs (frozen
+        parameters do not move either way).  :mod:`fastwb.federated` uses it.
+
+        ``train_metrics=False`` leaves the training metric out of the logs:
+        for the mse and bce_with_logits losses it costs an inference pass
+        over all of X every epoch (a third of an epoch's work), which a
+        caller that needs only the loss (:mod:`fastwb.sklearn`) does not pay.
 
         Returns the history dict: per epoch ``loss``, the loss's metric
         (``accuracy``, ``r2`` or ``binary_accuracy``), ``val_*`` of both with
@@ -760,6 +773,11 @@ class Sequential:
             if cache_frozen:
                 raise ValueError("adversarial training perturbs the input, so cache_frozen cannot be used with it")
         callbacks = list(callbacks) if dist is None else dist.callbacks(callbacks)
+        hook = dist
+        if proximal is not None:
+            if dist is not None:
+                raise ValueError("proximal (FedProx) and comm (data-parallel) cannot be combined")
+            hook = _Proximal(self, proximal)
         self.stop_training = False
         for cb in callbacks:
             cb.on_train_begin(self)
@@ -801,17 +819,18 @@ class Sequential:
                             self.prune(target, prune_scope)
                             current_sparsity = target
                     if adversarial is None:
-                        loss = self._step(ws.x, yb, ws, dist)
+                        loss = self._step(ws.x, yb, ws, hook)
                         correct += self._correct(ws, yb)
                     else:
-                        loss, right = self._adversarial_step(ws.x, yb, ws, adversarial, dist)
+                        loss, right = self._adversarial_step(ws.x, yb, ws, adversarial, hook)
                         correct += right
                     loss_sum += loss * len(idx)
                     bar.update(loss)
                 seconds = time.perf_counter() - t0
                 logs = {"loss": loss_sum / n}
                 # the training metric: from the steps' own outputs for accuracy, else one inference pass
-                logs.update({"accuracy": correct / n} if self.loss.classification else self._scores(X, y))
+                if train_metrics:
+                    logs.update({"accuracy": correct / n} if self.loss.classification else self._scores(X, y))
                 if dist is not None:        # averaged over all ranks' rows; running statistics over the ranks
                     dist.end_epoch(logs, n)
                 self._end_epoch(logs, validation_data, seconds)
@@ -1148,6 +1167,36 @@ def load(path):
             if mask is not None:            # pruning goes on growing from the saved masks
                 model.masks = model._masks_from_flat(opt.masks[0])
     return model
+
+
+class _Proximal:
+    """fit's ``proximal`` term: ``reduce`` adds ``mu (params - anchor)`` to a
+    step's flat gradient, where the data-parallel Reducer sums it over ranks."""
+
+    def __init__(self, model, options):
+        if not isinstance(options, dict) or set(options) - {"mu", "anchor"} or "mu" not in options:
+            raise TypeError(f"proximal must be a dict such as dict(mu=0.01) or dict(mu=0.01, anchor=params), "
+                            f"got {options!r}")
+        mu = options["mu"]
+        if isinstance(mu, bool) or not isinstance(mu, (int, float, np.integer, np.floating)) \
+                or not (math.isfinite(mu) and mu >= 0):
+            raise ValueError(f"proximal mu must be a finite number >= 0, got {mu!r}")
+        anchor = options.get("anchor")
+        if anchor is None:
+            anchor = model.params.copy()
+        else:
+            anchor = np.asarray(anchor)
+            if anchor.shape != model.params.shape or anchor.dtype != model.params.dtype:
+                raise ValueError(f"proximal anchor must be a copy of model.params ({model.params.dtype}"
+                                 f"{model.params.shape}), got {anchor.dtype}{anchor.shape}")
+            anchor = anchor.copy()      # the anchor must not move with the parameters
+        self.params, self.anchor, self.mu = model.params, anchor, model.dtype.type(mu)
+        self.scratch = np.empty_like(anchor)
+
+    def reduce(self, grads, rows):
+        np.subtract(self.params, self.anchor, out=self.scratch)
+        self.scratch *= self.mu
+        grads += self.scratch
 
 
 def _gather(ws, X, y, idx):
