@@ -45,9 +45,11 @@ Gaussian noise of standard deviation ``noise * clip / m`` to the mean of the
 clients; :func:`epsilon` gives its (epsilon, delta) guarantee by Rényi
 accounting.
 
-Flower's telemetry and Ray's usage statistics are turned off when this module
-is imported (``FLWR_TELEMETRY_ENABLED=0``, ``RAY_USAGE_STATS_ENABLED=0``),
-unless those variables are set already.
+Flower's telemetry, its update check and Ray's usage statistics are turned
+off when this module is imported (``FLWR_TELEMETRY_ENABLED=0``,
+``FLWR_DISABLE_UPDATE_CHECK=1``, ``RAY_USAGE_STATS_ENABLED=0``), unless those
+variables are set already: nothing leaves the machine but what the user's
+federation sends.
 """
 
 import functools
@@ -61,6 +63,7 @@ import numpy as np
 from fastwb._extras import require
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")      # Flower's CLIs would ask its servers for news
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")     # no GPUs here: keeps Ray's warning away
 _flwr_client = require("flwr.client", "fastwb.federated", "federated")
@@ -134,7 +137,9 @@ class FlowerClient(_flwr_client.NumPyClient):
     ``proximal_mu`` likewise (FedProx; 0 is FedAvg).  ``batchnorm``: "average"
     or "local" (see the module's docstring).  ``validation``: optional
     ``(X, y)`` that :meth:`evaluate` scores (else the training rows).  ``seed``:
-    the shuffling seed, mixed with the round number.
+    the shuffling seed, mixed with the round number (and, as in any ``fit``,
+    with the model's epoch count, so a client object that trains again from
+    the same arrays shuffles anew; a fresh client repeats exactly).
 
     Not thread-safe: one client object trains one model.
     """
@@ -185,7 +190,7 @@ class FlowerClient(_flwr_client.NumPyClient):
         proximal = dict(mu=mu) if mu > 0 else None
         t1 = time.perf_counter()
         history = self.model.fit(self.X, self.y, epochs=epochs, batch_size=batch_size, verbose=False,
-                                 rng=np.random.default_rng([self.seed, int(config.get("server_round", 0))]),
+                                 rng=np.random.default_rng([self.seed, _round(config)]),
                                  proximal=proximal)
         t2 = time.perf_counter()
         out = get_weights(self.model)
@@ -201,6 +206,12 @@ class FlowerClient(_flwr_client.NumPyClient):
         X, y = self.validation if self.validation is not None else (self.X, self.y)
         loss, metric = self.model.evaluate(X, y)
         return float(loss), int(X.shape[0]), {_metric_name(self.model): float(metric)}
+
+
+def _round(config):
+    """The round number of a fit config: ``server_round`` (what fastwb's simulation
+    sends) or ``server-round`` (what Flower's message API sends), else 0."""
+    return int(config.get("server_round", config.get("server-round", 0)))
 
 
 def _metric_name(model):
