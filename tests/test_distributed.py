@@ -12,8 +12,8 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -354,3 +354,87 @@ def test_fastwb_train_distributed(tmp_path):
     assert model.evaluate(X_test, y_test)[1] == pytest.approx(float(lines[0]), abs=5e-5)
     bad = train("--batch-size", "33")
     assert bad.returncode != 0 and "multiple of the 2 ranks" in bad.stderr
+
+
+# Every rank gets the SAME rows and (broadcast) the same weights, so the activations before
+# the dropout are the same on every rank and only the dropout masks can tell the ranks apart.
+# The masks are read at each step's Allreduce (Reducer.reduce wrapped) from the step's
+# workspace: the Linear+ReLU+Dropout stage keeps its activation before the dropout (pre) and
+# after it (out = 0 or pre / (1 - p)).  Run twice: as fit runs (the rank mixed into the dropout
+# seed by Reducer.begin) and, as a control that shows the probe sees identical masks, with
+# Reducer.begin disabled (every rank on rank 0's seed).
+DROPOUT = textwrap.dedent('''
+    import json, os, sys
+    import numpy as np
+    from mpi4py import MPI
+    from fastwb import distributed, nn
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    g = np.random.default_rng(0)
+    X = g.standard_normal((64, 12)).astype(np.float32)        # the same 64 rows on every rank
+    y = g.integers(0, 3, 64)
+    res = {}
+    reduce, begin = distributed.Reducer.reduce, distributed.Reducer.begin
+    for scenario in ("fit", "unmixed"):
+        if scenario == "unmixed":
+            distributed.Reducer.begin = lambda self: None
+        model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3), rng=7 + rank)
+        model.compile("adam", lr=1e-2)
+        steps = []
+
+        def spy(self, grads, n):
+            ws = next(reversed(model._workspaces.values()))      # the workspace this step ran in
+            pre, out = ws.pre[0], ws.out[0]
+            steps.append({"pre": pre.tobytes().hex(), "kept": (out != 0).astype(int).tolist(),
+                          "active": (pre != 0).astype(int).tolist(),
+                          "probe": bool(np.all((out == 0) | (out == 2 * pre))),
+                          "grad": grads.tobytes().hex()})     # this rank's gradient, before the sum
+            reduce(self, grads, n)
+
+        distributed.Reducer.reduce = spy
+        check = distributed.CheckIdentical(comm)
+        try:
+            model.fit(X, y, epochs=2, batch_size=32, shuffle=False, verbose=False, comm=comm, callbacks=[check])
+        finally:
+            distributed.Reducer.reduce, distributed.Reducer.begin = reduce, begin
+        res[scenario] = {"steps": steps, "hashes": check.hashes, "params": model.params.tobytes().hex(),
+                         "seed": model.seed}
+    json.dump(res, open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w"))
+''')
+
+
+@needs_mpi
+def test_dropout_masks_differ_across_ranks_while_weights_stay_identical(tmp_path):
+    script = tmp_path / "dropout.py"
+    script.write_text(DROPOUT)
+    _, (r0, r1) = _mpirun(2, script, tmp_path)
+    for scenario in ("fit", "unmixed"):
+        a, b = r0[scenario], r1[scenario]
+        assert len(a["steps"]) == len(b["steps"]) == 8          # 2 epochs of 64 rows per rank, 16 a step
+        for s, (x, z) in enumerate(zip(a["steps"], b["steps"])):
+            assert x["probe"] and z["probe"], (scenario, s)      # out is pre dropped or scaled by 2
+            assert x["pre"] == z["pre"], (scenario, s)           # the same rows through the same weights
+        # the weights: bitwise identical on both ranks after every epoch
+        assert len(a["hashes"]) == 2 and a["hashes"] == b["hashes"], scenario
+        assert a["params"] == b["params"] and a["seed"] == b["seed"], scenario
+    # fit: every step, the two ranks drew different masks, so their gradients differ
+    fit0, fit1 = r0["fit"]["steps"], r1["fit"]["steps"]
+    agree = []
+    for s, (x, z) in enumerate(zip(fit0, fit1)):
+        kept0, kept1, active = (np.array(v, bool) for v in (x["kept"], z["kept"], x["active"]))
+        assert not np.array_equal(kept0, kept1), f"step {s}: both ranks drew the same dropout mask"
+        assert x["grad"] != z["grad"], s
+        for kept in (kept0, kept1):
+            assert 0.3 < kept[active].mean() < 0.7, s            # p = 0.5 on the active units
+        agree.append(kept0[active] == kept1[active])
+    # independent masks agree on about half of the units (p = 0.5)
+    assert 0.4 < np.concatenate(agree).mean() < 0.6, np.concatenate(agree).mean()
+    # and a rank's mask changes from step to step
+    assert len({str(x["kept"]) for x in fit0}) == len(fit0)
+    # the control: on one seed the ranks draw the same masks and compute the same gradients,
+    # so the checks above would fail if fit did not mix the rank into the seed
+    for x, z in zip(r0["unmixed"]["steps"], r1["unmixed"]["steps"]):
+        assert x["kept"] == z["kept"] and x["grad"] == z["grad"]
+    # different masks, yet the models agree: the ranks start from rank 0's weights and sum gradients
+    assert r0["fit"]["params"] != r0["unmixed"]["params"]
