@@ -438,7 +438,11 @@ def simulate(model, dataset="mnist", data_path=None, clients=100, fraction=0.1, 
     clock = [time.perf_counter()]
 
     def evaluate(server_round, arrays, config):
-        set_weights(server_model, arrays)
+        try:
+            set_weights(server_model, arrays)
+        except ValueError as e:
+            raise ValueError(f"round {server_round}: the global weights cannot be used ({e}): training diverged; "
+                             "try a smaller lr" + (", or less noise for this clip" if noise else "")) from None
         loss, accuracy = server_model.evaluate(X_test, y_test)
         now = time.perf_counter()
         seconds = now - clock[0] if server_round else 0.0

@@ -29,7 +29,9 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 # text in a block -> (module it needs, how to install it)
 NEEDS = {"visualize_weights": ("matplotlib", 'pip install "fastwb[plots]"'),
          "plot_saliency": ("matplotlib", 'pip install "fastwb[plots]"'),
-         "import torch": ("torch", "pip install torch")}
+         "import torch": ("torch", "pip install torch"),
+         "federated": ("flwr", 'pip install "fastwb[federated]"'),
+         "fastwb.sklearn": ("sklearn", 'pip install "fastwb[sklearn]"')}
 
 
 def python_blocks(text):
