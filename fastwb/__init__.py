@@ -23,7 +23,11 @@ Public layer (start reading here):
   :mod:`fastwb.ensemble` (deep ensembles, MC dropout, uncertainty),
   :mod:`fastwb.quantize` (int8 dynamic quantization for inference),
   :mod:`fastwb.distributed` (data-parallel training over MPI; mpi4py is
-  imported only when it is used).
+  imported only when it is used), :mod:`fastwb.federated` and
+  :mod:`fastwb.flower_app` (federated learning on Flower),
+  :mod:`fastwb.tune` (hyperparameter search on Optuna), :mod:`fastwb.sklearn`
+  (scikit-learn estimators).  ``import fastwb`` imports none of their
+  optional packages; a missing one is a one-line ImportError naming the extra.
 
 The compiled kernels live in the private ``fastwb._dense``, ``_losses``,
 ``_optim`` and ``_prune`` (Cython + OpenMP) over C helpers in ``csrc/``.
@@ -51,7 +55,8 @@ __all__ = [
 
 
 #: modules built on the engine, imported when first used as ``fastwb.<name>``
-FEATURES = ("explain", "adversarial", "ensemble", "quantize", "distributed")
+FEATURES = ("explain", "adversarial", "ensemble", "quantize", "distributed", "federated", "flower_app", "tune",
+            "sklearn")
 
 
 def __getattr__(name):

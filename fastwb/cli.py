@@ -10,11 +10,13 @@
                                  clean and robust accuracy of a saved classifier under attack
     fastwb quantize MODEL -o OUT [--per-tensor] [--reduce-range | --full-range] [--dataset digits]
                                  write a saved model's int8 version and compare it with the float one
+    fastwb tune [--dataset mnist] [--trials 50] [--timeout 600] [--storage sqlite:///tune.db] [--plots DIR]
+                                 an Optuna search over MLP hyperparameters (pruned, resumable, shareable)
     fastwb --version
 
 Every option is checked while the command line is parsed, before any data is
 loaded or any work done: a bad value is one line on stderr and exit status 2.
-Output paths (``--save``, ``--plot``, ``--json``, ``--markdown``, ``--onnx``, ``-o``) are checked
+Output paths (``--save``, ``--plot``, ``--plots``, ``--json``, ``--markdown``, ``--onnx``, ``-o``) are checked
 up front too, so a typo never costs a finished run, and what ``train`` writes
 is written atomically (:func:`fastwb._io.atomic_open`).
 """
@@ -152,6 +154,82 @@ def opset_version(text):
         raise argparse.ArgumentTypeError(f"must be an integer >= {MIN_OPSET} (fastwb writes ONNX opset "
                                          f"{MIN_OPSET} or newer), got {text!r}")
     return value
+
+
+def split_size(text):
+    """A validation split: a row count >= 1 ("10000") or a fraction in (0, 1) ("0.2")."""
+    what = f"must be a fraction in (0, 1) or a row count >= 1, got {text!r}"
+    try:
+        count = int(text)
+    except ValueError:
+        value = _number(text, float, "a fraction in (0, 1) or a row count >= 1")
+        if not 0.0 < value < 1.0:       # also false for NaN
+            raise argparse.ArgumentTypeError(what) from None
+        return value
+    if count < 1:
+        raise argparse.ArgumentTypeError(what)
+    return count
+
+
+def storage_url(text):
+    """An Optuna RDB storage URL (``sqlite:///file.db``, ``postgresql://...``); for
+    SQLite the database file's folder must exist and be writable."""
+    if text.startswith("sqlite:"):
+        if not text.startswith("sqlite:///") or text == "sqlite:///":
+            raise argparse.ArgumentTypeError(f"must be sqlite:///PATH (three slashes, then the file), got {text!r}")
+        path = text[len("sqlite:///"):]
+        if path != ":memory:":
+            try:
+                check_writable_path(path, "SQLite database")
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+    elif "://" not in text or text.startswith("://"):
+        raise argparse.ArgumentTypeError(f"must be a database URL such as sqlite:///tune.db, got {text!r}")
+    return text
+
+
+def search_space(text):
+    """``fastwb tune --space``: a JSON object (inline, or the path of a file holding
+    one) whose keys replace those of :data:`fastwb.tune.DEFAULT_SPACE`; checked now."""
+    from fastwb import tune
+
+    source = text
+    if not text.lstrip().startswith("{"):
+        try:
+            with open(text, encoding="utf-8") as fh:
+                source = fh.read(1 << 20)
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"cannot read {text!r}: {e.strerror or e}") from None
+    try:
+        edits = json.loads(source)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e})") from None
+    try:
+        return tune.edit_space(edits)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def plots_folder(text):
+    """A folder for figures: an existing writable folder, or one that can be made
+    (its parent exists and is writable); matplotlib must be installed."""
+    if not text:
+        raise argparse.ArgumentTypeError("the plots folder is empty")
+    if os.path.exists(text):
+        if not os.path.isdir(text):
+            raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+        if not os.access(text, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"folder {text!r} is not writable")
+    else:
+        try:
+            check_writable_path(text, "plots folder")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise argparse.ArgumentTypeError('plots need matplotlib: pip install "fastwb[tune]"') from None
+    return text
 
 
 def _write_figure(figure, path, dpi):
@@ -731,6 +809,57 @@ def _cmd_attack(args):
     return 0
 
 
+def _cmd_tune(args):
+    from fastwb._extras import require
+
+    try:
+        optuna = require("optuna", "fastwb tune", "tune")
+        if args.storage:
+            require("sqlalchemy", "fastwb tune --storage", "tune")
+    except ImportError as e:
+        return _fail("tune", e)
+    from fastwb import tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.plots:
+        import matplotlib
+        matplotlib.use("Agg")               # headless: no window, whatever the environment says
+    if args.save and args.no_retrain:
+        return _fail("tune", "--save writes the retrained model: it cannot be combined with --no-retrain")
+    threads = args.threads if args.threads is not None else (1 if args.storage else None)
+    try:
+        data = tune.load_split(args.dataset, args.data_path, args.val_size, args.seed)
+    except (ImportError, FileNotFoundError, ValueError) as e:
+        return _fail("tune", f"cannot load {args.dataset}: {e}")
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(line):
+        print(line, file=out, flush=True)
+
+    name = args.study_name or f"fastwb-{args.dataset}"
+    try:
+        report = tune.run(data, trials=args.trials, timeout=args.timeout, storage=args.storage, study_name=name,
+                          epochs=args.epochs, pruner=args.pruner, sampler=args.sampler, seed=args.seed,
+                          n_threads=threads, space=args.space, plots=args.plots, retrain_best=not args.no_retrain,
+                          save=args.save, say=say, table=say)
+    except KeyboardInterrupt:
+        if not args.storage:
+            return _fail("tune", "interrupted; the study was in memory (no --storage), so it is gone", 130)
+        return _fail("tune", f"interrupted: a trial that was running is recorded as FAIL in the study; the same "
+                             f"command (--storage {args.storage} --study-name {name}) goes on from there", 130)
+    except ValueError as e:          # a stored study of another direction, a space the engine refuses
+        return _fail("tune", e)
+    except OSError as e:
+        return _fail("tune", f"cannot write: {e}", 1)
+    if args.json:
+        import fastwb
+
+        report.update(dataset=args.dataset, epochs=args.epochs, pruner=args.pruner, sampler=args.sampler,
+                      threads=threads if threads is not None else fastwb.get_num_threads())
+        print(tune.dumps(report))
+    return 0
+
+
 def build_parser():
     from fastwb.nn.deploy import MIN_OPSET
 
@@ -895,6 +1024,58 @@ def build_parser():
     quantize.add_argument("--threads", type=thread_count, help="fastwb threads (default: as fastwb train)")
     quantize.add_argument("--json", action="store_true", help="print the results as one JSON line")
     quantize.set_defaults(func=_cmd_quantize)
+    tune_ = sub.add_parser("tune", help="search MLP hyperparameters with Optuna (pruned, resumable, shareable)",
+                           description="Search the hyperparameters of an MLP (fastwb.tune.DEFAULT_SPACE: learning "
+                                       "rate, L2, dropout, depth, widths, activation, batch size, optimizer) with "
+                                       "Optuna on a validation split of the training set, printing a row per "
+                                       "trial; then retrain the best configuration on the whole training set and "
+                                       "report its test accuracy (the test set's one use). With --storage the "
+                                       "study lives in a database: rerunning the command resumes it, and several "
+                                       "processes given the same --storage and --study-name search together.")
+    tune_.add_argument("--dataset", choices=sorted(DEFAULTS), default="digits",
+                       help="the data (default: digits, the embedded 8x8 images; mnist needs --data-path or "
+                            "$FASTWB_MNIST)")
+    tune_.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
+                                           "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    tune_.add_argument("--trials", type=positive_int, default=20, metavar="N",
+                       help="stop when the study holds N finished (complete or pruned) trials, counting those "
+                            "already in --storage; failed ones are run again (default 20)")
+    tune_.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+                       help="start no new trial after this many seconds of this process (the running one finishes)")
+    tune_.add_argument("--storage", type=storage_url, metavar="URL",
+                       help="an Optuna RDB storage, e.g. sqlite:///tune.db: the study survives the process, "
+                            "resumes, and is shared by every process given the same URL and --study-name "
+                            "(default: in memory)")
+    tune_.add_argument("--study-name", metavar="NAME", help="the study's name (default: fastwb-DATASET)")
+    tune_.add_argument("--space", type=search_space, metavar="JSON",
+                       help="edits of the default search space, as a JSON object or a file holding one: each key "
+                            "replaces the default's, e.g. '{\"n_layers\": 1, \"activation\": \"relu\", "
+                            "\"lr\": {\"type\": \"float\", \"low\": 1e-4, \"high\": 1e-2, \"log\": true}}' "
+                            "(see fastwb.tune.DEFAULT_SPACE)")
+    tune_.add_argument("--epochs", type=positive_int, default=3,
+                       help="epochs per trial, and of the retraining (default 3)")
+    tune_.add_argument("--val-size", type=split_size, metavar="F|N",
+                       help="the validation split of the training set: a fraction (0.2) or a row count "
+                            "(default: 10000 for mnist and fashion-mnist, 0.2 for digits)")
+    tune_.add_argument("--pruner", choices=["median", "none"], default="median",
+                       help="median: Optuna's MedianPruner (5 startup trials), judged on val_accuracy after every "
+                            "epoch; none: every trial trains all its epochs (default median)")
+    tune_.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna's sampler (default tpe)")
+    tune_.add_argument("--seed", type=non_negative_int, default=0,
+                       help="seed of the validation split, the models and the sampler (default 0)")
+    tune_.add_argument("--threads", type=thread_count,
+                       help="fastwb threads of this process (default: 1 with --storage, where processes run side by "
+                            "side, one per core; else as fastwb train)")
+    tune_.add_argument("--plots", type=plots_folder, metavar="DIR",
+                       help="write optimization_history.png, param_importances.png and parallel_coordinate.png "
+                            "(Optuna's matplotlib plots) into this folder")
+    tune_.add_argument("--save", type=output_path, metavar="NPZ", help="save the retrained best model here")
+    tune_.add_argument("--no-retrain", action="store_true",
+                       help="skip the retraining and the test accuracy (e.g. all but one of several processes "
+                            "sharing a study)")
+    tune_.add_argument("--json", action="store_true",
+                       help="print the report as one JSON line on stdout (the table and messages go to stderr)")
+    tune_.set_defaults(func=_cmd_tune)
     return parser
 
 

@@ -31,7 +31,8 @@ NEEDS = {"visualize_weights": ("matplotlib", 'pip install "fastwb[plots]"'),
          "plot_saliency": ("matplotlib", 'pip install "fastwb[plots]"'),
          "import torch": ("torch", "pip install torch"),
          "federated": ("flwr", 'pip install "fastwb[federated]"'),
-         "fastwb.sklearn": ("sklearn", 'pip install "fastwb[sklearn]"')}
+         "fastwb.sklearn": ("sklearn", 'pip install "fastwb[sklearn]"'),
+         "import optuna": ("optuna", 'pip install "fastwb[tune]"')}
 
 
 def python_blocks(text):
