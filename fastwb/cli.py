@@ -10,6 +10,8 @@
                                  clean and robust accuracy of a saved classifier under attack
     fastwb quantize MODEL -o OUT [--per-tensor] [--reduce-range | --full-range] [--dataset digits]
                                  write a saved model's int8 version and compare it with the float one
+    fastwb federated [--dataset mnist] [--clients 100] [--fraction 0.1] [--rounds 50] [--partition iid,shards]
+                                 federated learning on Flower's simulation engine: FedAvg, FedProx, DP
     fastwb tune [--dataset mnist] [--trials 50] [--timeout 600] [--storage sqlite:///tune.db] [--plots DIR]
                                  an Optuna search over MLP hyperparameters (pruned, resumable, shareable)
     fastwb --version
@@ -248,6 +250,39 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         message = " ".join(str(message).split("\n"))    # a value may hold a newline
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def non_negative_float(text):
+    """A finite real number >= 0."""
+    value = _number(text, float, "a number >= 0")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def unit_fraction(text):
+    """A real number in (0, 1] (a share of clients)."""
+    value = _number(text, float, "a number in (0, 1]")
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def open_unit(text):
+    """A real number in (0, 1) (an accuracy target, a delta)."""
+    value = _number(text, float, "a number in (0, 1)")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
+    return value
+
+
+def partitions(text):
+    """A comma-separated list of data partitions: iid, shards."""
+    names = [t.strip() for t in text.split(",")]
+    bad = [n for n in names if n not in ("iid", "shards")]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"must be iid, shards or both (iid,shards), got {text!r}")
+    return list(dict.fromkeys(names))
 
 
 # -- the commands ---------------------------------------------------------------
@@ -860,6 +895,76 @@ def _cmd_tune(args):
     return 0
 
 
+def _cmd_federated(args):
+    import numpy as np
+
+    import fastwb
+    from fastwb import datasets
+
+    try:
+        from fastwb import federated
+    except ImportError as e:
+        return _fail("federated", e)
+    if args.clip is None and args.noise:
+        return _fail("federated", "--noise needs --clip (the noise is a multiple of the clipping norm)")
+    try:
+        X_train, y_train, X_test, _ = datasets.load(args.dataset, args.data_path, np.float32, rng=args.seed)
+    except (ImportError, FileNotFoundError, ValueError) as e:
+        return _fail("federated", f"cannot load {args.dataset}: {e}")
+    hidden = args.hidden if args.hidden is not None else ([200, 200] if args.dataset != "digits" else [32])
+    sizes = [X_train.shape[1], *hidden, int(y_train.max()) + 1]
+    say = print if not args.json else (lambda *a, **k: None)
+    sampled = max(1, round(args.fraction * args.clients))
+    summary = {"dataset": args.dataset, "model": "-".join(map(str, sizes)), "clients": args.clients,
+               "fraction": args.fraction, "sampled": sampled, "rounds": args.rounds, "epochs": args.epochs,
+               "batch_size": args.batch_size, "lr": args.lr, "strategy": "FedProx" if args.proximal_mu else "FedAvg",
+               "proximal_mu": args.proximal_mu, "target": args.target, "runs": {}}
+    strategy = f"FedProx (mu {args.proximal_mu:g})" if args.proximal_mu else "FedAvg"
+    say(f"fastwb {fastwb.__version__}: {strategy} on Flower's simulation engine, {args.dataset} "
+        f"{summary['model']}, {args.clients} clients ({sampled} a round), {args.rounds} rounds, E={args.epochs}, "
+        f"B={args.batch_size}, SGD lr {args.lr:g}"
+        + ("" if args.clip is None else f", client-level DP: clip {args.clip:g}, noise multiplier {args.noise:g}"))
+    curves = {}
+    for scheme in args.partition:
+        say(f"\n{scheme} partition:")
+        model = build_model(sizes, args.activation, args.batchnorm, 0.0, "float32", args.seed)
+
+        def progress(r, accuracy, loss, seconds):
+            say(f"round {r:4d}  accuracy {accuracy:.4f}  loss {loss:.4f}  {seconds:6.2f} s", flush=True)
+
+        try:
+            h = federated.simulate(model, dataset=args.dataset, data_path=args.data_path, clients=args.clients,
+                                   fraction=args.fraction, rounds=args.rounds, scheme=scheme, epochs=args.epochs,
+                                   batch_size=args.batch_size, lr=args.lr, proximal_mu=args.proximal_mu,
+                                   batchnorm="local" if args.fedbn else "average", clip=args.clip,
+                                   noise=args.noise, delta=args.delta, target=args.target, seed=args.seed,
+                                   threads_per_client=args.threads_per_client, on_round=progress)
+        except (ValueError, RuntimeError) as e:
+            return _fail("federated", e, 1)
+        reached = h["rounds_to_target"]
+        say(f"{scheme}: " + (f"{args.target:.0%} test accuracy after {reached} rounds" if reached else
+                             f"{args.target:.0%} not reached in {args.rounds} rounds")
+            + f"; final {h['accuracy'][-1]:.4f}; client training {h['train_seconds']:.1f} s, copying "
+              f"{h['copy_seconds']:.2f} s ({h['copy_seconds'] / max(h['train_seconds'], 1e-9):.1%})"
+            + ("" if h["epsilon"] is None else f"; ({h['epsilon']:.2f}, {args.delta:g})-DP per client"))
+        summary["runs"][scheme] = h
+        curves["IID" if scheme == "iid" else "non-IID (shards)"] = h["accuracy"]
+    if len(args.partition) > 1:
+        say("\nrounds to " + f"{args.target:.0%}: " + ", ".join(
+            f"{s} {summary['runs'][s]['rounds_to_target'] or f'>{args.rounds}'}" for s in args.partition))
+    if args.plot:
+        try:
+            _write_figure(federated.plot_accuracy(curves, args.target,
+                                                  f"{strategy}, {summary['model']}, C={args.fraction:g}, "
+                                                  f"E={args.epochs}, B={args.batch_size}"), args.plot, dpi=90)
+        except OSError as e:
+            return _fail("federated", f"cannot write {args.plot}: {e}", 1)
+        say(f"wrote {args.plot}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def build_parser():
     from fastwb.nn.deploy import MIN_OPSET
 
@@ -1076,6 +1181,40 @@ def build_parser():
     tune_.add_argument("--json", action="store_true",
                        help="print the report as one JSON line on stdout (the table and messages go to stderr)")
     tune_.set_defaults(func=_cmd_tune)
+    fed = sub.add_parser("federated", help="federated learning of an MLP on Flower's simulation engine (FedAvg)",
+                         description="Simulate federated learning with Flower (pip install 'fastwb[federated]'): "
+                                     "--clients virtual clients hold a partition of the training set, each round "
+                                     "FedAvg (FedProx with --proximal-mu) samples --fraction of them, each trains "
+                                     "--epochs local epochs, and the server scores the averaged weights on the "
+                                     "test set. Prints accuracy per round and the rounds to --target.")
+    fed.add_argument("--dataset", choices=sorted(DEFAULTS), default="mnist")
+    fed.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
+                                         "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    fed.add_argument("--clients", type=positive_int, default=100)
+    fed.add_argument("--fraction", type=unit_fraction, default=0.1, help="share of clients sampled per round")
+    fed.add_argument("--rounds", type=positive_int, default=50)
+    fed.add_argument("--partition", type=partitions, default=["iid"], metavar="iid|shards[,...]",
+                     help="iid, or shards (McMahan et al.'s non-IID split: label-sorted shards, two per client); "
+                          "iid,shards runs both")
+    fed.add_argument("--epochs", type=positive_int, default=1, help="local epochs per round (E)")
+    fed.add_argument("--batch-size", type=positive_int, default=10, help="local batch size (B)")
+    fed.add_argument("--lr", type=positive_float, default=0.1, help="the clients' SGD learning rate")
+    fed.add_argument("--hidden", type=positive_int, nargs="+", metavar="N",
+                     help="hidden layer sizes (default: 200 200, the 2NN; 32 for digits)")
+    fed.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "sigmoid", "tanh", "identity"])
+    fed.add_argument("--batchnorm", action="store_true", help="BatchNorm1d after every hidden Linear layer")
+    fed.add_argument("--fedbn", action="store_true", help="keep BatchNorm local to each client (FedBN)")
+    fed.add_argument("--proximal-mu", type=non_negative_float, default=0.0, help="FedProx's mu (0: FedAvg)")
+    fed.add_argument("--clip", type=positive_float, help="client-level DP: clip each update to this L2 norm")
+    fed.add_argument("--noise", type=non_negative_float, default=0.0,
+                     help="client-level DP: Gaussian noise multiplier (of the clipping norm)")
+    fed.add_argument("--delta", type=open_unit, default=1e-5, help="the delta of the reported (epsilon, delta)")
+    fed.add_argument("--target", type=open_unit, default=0.97, help="the test accuracy to count rounds to")
+    fed.add_argument("--threads-per-client", type=thread_count, default=1)
+    fed.add_argument("--seed", type=non_negative_int, default=0)
+    fed.add_argument("--plot", type=figure_path, help="write the accuracy curves (PNG)")
+    fed.add_argument("--json", action="store_true", help="print one JSON summary instead of the progress")
+    fed.set_defaults(func=_cmd_federated)
     return parser
 
 
