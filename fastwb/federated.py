@@ -381,10 +381,14 @@ def simulate(model, dataset="mnist", data_path=None, clients=100, fraction=0.1, 
     at once; each loads the data set itself (``data_path`` or the data set's
     environment variable), so only weights travel.  ``on_round(round,
     accuracy, loss, seconds)`` is called after every round's evaluation;
-    ``quiet`` keeps Flower's own log to warnings and errors.
+    ``quiet`` keeps Flower's own log to warnings and errors.  While Ray starts,
+    the process's working directory is the folder that holds this fastwb (so
+    that the workers import the same one), and it is restored afterwards; a
+    failed client is a RuntimeError at the end, not a silently skipped update.
 
     Returns a dict: ``accuracy`` and ``loss`` per round (round 0: the initial
-    weights), ``seconds`` per round, ``rounds_to_target`` (with ``target``),
+    weights), ``seconds`` per round, ``clients`` (the clients trained in each
+    round), ``rounds_to_target`` (with ``target``),
     ``epsilon`` (with ``clip``: :func:`epsilon` at the sampling rate
     ``sampled / clients``, else None), and the client-side ``train_seconds``
     and ``copy_seconds`` summed over all rounds.  ``model`` ends with the
@@ -417,6 +421,9 @@ def simulate(model, dataset="mnist", data_path=None, clients=100, fraction=0.1, 
         clip = _positive("clip", clip)
     sampled = max(1, int(round(fraction * clients)))
     cpus = _runtime.cpu_budget()["cpus"] if cpus is None else _validate.check_int("cpus", cpus, 1)
+    if data_path is None and dataset in datasets.DATASETS and os.environ.get(datasets.DATASETS[dataset].env):
+        data_path = os.environ[datasets.DATASETS[dataset].env]
+    data_path = None if data_path is None else os.path.abspath(data_path)
     X_test, y_test = datasets.load(dataset, data_path, model.dtype, rng=seed)[2:]
     _client_rows(dataset, data_path, model.dtype.name, clients, scheme, seed)     # fail here, not in Ray
     blueprint = _blueprint(model)
@@ -433,7 +440,7 @@ def simulate(model, dataset="mnist", data_path=None, clients=100, fraction=0.1, 
         return FlowerClient(_build(blueprint), X[rows], y[rows], seed=seed * 1_000_003
                             + int(context.node_config["partition-id"]), **client_options).to_client()
 
-    history = {"accuracy": [], "loss": [], "seconds": [], "train_seconds": 0.0, "copy_seconds": 0.0}
+    history = {"accuracy": [], "loss": [], "seconds": [], "train_seconds": 0.0, "copy_seconds": 0.0, "clients": []}
     server_model = model
     clock = [time.perf_counter()]
 
@@ -455,6 +462,7 @@ def simulate(model, dataset="mnist", data_path=None, clients=100, fraction=0.1, 
         return float(loss), {"accuracy": float(accuracy)}
 
     def fit_metrics(results):
+        history["clients"].append(len(results))
         for _, m in results:
             history["train_seconds"] += m.get("train_seconds", 0.0)
             history["copy_seconds"] += m.get("copy_seconds", 0.0)
@@ -485,15 +493,26 @@ def simulate(model, dataset="mnist", data_path=None, clients=100, fraction=0.1, 
     level = flwr_log.level
     if quiet:
         flwr_log.setLevel(logging.WARNING)
+    # Ray starts its workers in this process's working directory, ahead of everything
+    # else on their path: from a source checkout they would import its unbuilt fastwb
+    # instead of the one running here.  So Ray starts from the folder holding this
+    # fastwb (the data path is absolute by now), and the working directory comes back.
+    here = os.getcwd()
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     clock[0] = time.perf_counter()
     try:
         run_simulation(ServerApp(server_fn=server_fn), ClientApp(client_fn=client_fn, mods=mods), clients,
                        backend_config=backend)
     finally:
+        os.chdir(here)
         flwr_log.setLevel(level)
     if len(history["accuracy"]) != rounds + 1:
         raise RuntimeError(f"the Flower simulation ended after {len(history['accuracy']) - 1} of {rounds} "
                            "rounds (its log above says why)")
+    trained = sum(history["clients"])
+    if trained < rounds * sampled:      # Flower carries on past failed clients: fastwb does not
+        raise RuntimeError(f"only {trained} of the {rounds * sampled} client rounds succeeded "
+                           "(Flower's log above has the clients' errors)")
     history["rounds_to_target"] = None if target is None else rounds_to_reach(history["accuracy"], target)
     history["epsilon"] = None if clip is None else epsilon(noise, sampled / clients, rounds, delta)
     return history

@@ -69,3 +69,4 @@ def test_a_simulation_on_the_digits(tmp_path):
     summary = json.loads(out.strip().splitlines()[-1])
     run = summary["runs"]["iid"]
     assert summary["sampled"] == 3 and len(run["accuracy"]) == 4 and run["epsilon"] is None
+    assert run["clients"] == [3, 3, 3] and run["accuracy"][-1] > run["accuracy"][0]

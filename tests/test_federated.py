@@ -318,7 +318,7 @@ def test_simulation_trains_and_scores_every_round():
     assert len(h["accuracy"]) == len(h["loss"]) == len(h["seconds"]) == 5
     assert [s[0] for s in seen] == [0, 1, 2, 3, 4]
     assert h["accuracy"][-1] > h["accuracy"][0] + 0.2
-    assert h["rounds_to_target"] is not None and h["epsilon"] is None
+    assert h["rounds_to_target"] is not None and h["epsilon"] is None and h["clients"] == [3] * 4
     assert h["train_seconds"] > 0 and 0 <= h["copy_seconds"] < h["train_seconds"]
     from fastwb import datasets
     X, y, Xt, yt = datasets.load("digits", rng=2)
