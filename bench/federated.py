@@ -113,9 +113,9 @@ def rounds_to_97(rounds, partitions, path, plot):
               f"{h['accuracy'][-1]:.4f}; {time.perf_counter() - t0:.0f} s; client training "
               f"{h['train_seconds']:.1f} s, copying {h['copy_seconds']:.2f} s")
     if plot:
-        from fastwb.cli import _write_figure
+        from fastwb._io import write_figure
 
-        _write_figure(federated.plot_accuracy(curves, target=0.97), plot, dpi=90)
+        write_figure(federated.plot_accuracy(curves, target=0.97), plot, dpi=90)
         print(f"curves written to {plot}")
     return found
 

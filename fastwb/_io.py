@@ -24,7 +24,7 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["atomic_open", "check_writable_path", "NpzReader", "NpyMember", "regular_file_size"]
+__all__ = ["atomic_open", "write_figure", "check_writable_path", "NpzReader", "NpyMember", "regular_file_size"]
 
 
 def check_writable_path(path, what="output file"):
@@ -73,6 +73,19 @@ def atomic_open(path, mode="wb"):
             os.unlink(tmp)
         raise
     _fsync_folder(folder)
+
+
+def write_figure(figure, path, dpi):
+    """Render a matplotlib ``figure`` in memory, then replace ``path`` with it
+    through :func:`atomic_open` (format from the extension, PNG when there is
+    none): a figure that fails to render leaves the previous file as it was."""
+    import io
+
+    extension = os.path.splitext(os.fspath(path))[1][1:].lower()
+    data = io.BytesIO()
+    figure.savefig(data, format=extension or "png", dpi=dpi)
+    with atomic_open(path, "wb") as fh:
+        fh.write(data.getvalue())
 
 
 def _umask():

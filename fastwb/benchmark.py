@@ -1505,9 +1505,7 @@ def write_files(report, json_path=None, plot_path=None, markdown_path=None):
     figure is rendered in memory first (format from the extension, PNG when
     there is none).  A Markdown file keeps its hand-written sections after
     :data:`KEPT_MARKER`.  Returns the paths written."""
-    import io
-
-    from fastwb._io import atomic_open
+    from fastwb._io import atomic_open, write_figure
 
     written = []
     if json_path:
@@ -1516,10 +1514,7 @@ def write_files(report, json_path=None, plot_path=None, markdown_path=None):
             fh.write(text)
         written.append(json_path)
     if plot_path:
-        data = io.BytesIO()
-        figure(report).savefig(data, format=os.path.splitext(plot_path)[1][1:].lower() or "png", dpi=90)
-        with atomic_open(plot_path, "wb") as fh:
-            fh.write(data.getvalue())
+        write_figure(figure(report), plot_path, dpi=90)
         written.append(plot_path)
     if markdown_path:
         text = markdown(report, os.path.basename(plot_path) if plot_path else None)

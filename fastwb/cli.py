@@ -25,7 +25,6 @@ is written atomically (:func:`fastwb._io.atomic_open`).
 
 import argparse
 import inspect
-import io
 import json
 import math
 import os
@@ -33,7 +32,7 @@ import sys
 import time
 
 from fastwb import optim
-from fastwb._io import atomic_open, check_writable_path
+from fastwb._io import check_writable_path, write_figure
 from fastwb._version import __version__
 
 DEFAULTS = {  # per data set: hidden sizes, epochs, batch size
@@ -232,16 +231,6 @@ def plots_folder(text):
     except ImportError:
         raise argparse.ArgumentTypeError('plots need matplotlib: pip install "fastwb[tune]"') from None
     return text
-
-
-def _write_figure(figure, path, dpi):
-    """Render ``figure`` in memory, then replace ``path`` atomically (format from
-    the extension, PNG when there is none)."""
-    extension = os.path.splitext(path)[1][1:].lower()
-    data = io.BytesIO()
-    figure.savefig(data, format=extension or "png", dpi=dpi)
-    with atomic_open(path, "wb") as fh:
-        fh.write(data.getvalue())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -540,7 +529,7 @@ def _cmd_train(args):
     status = _save(model, args.save, say, fail)
     if args.plot:
         try:
-            _write_figure(fastwb.visualize_weights(model), args.plot, dpi=80)
+            write_figure(fastwb.visualize_weights(model), args.plot, dpi=80)
             say(f"wrote {args.plot}")
         except OSError as e:
             status = fail(f"cannot write {args.plot}: {e}", 1)
@@ -670,7 +659,7 @@ def _cmd_explain(args):
     shape = (side, side) if side * side == X.shape[1] else (1, X.shape[1])
     signed = args.method in ("gradient_x_input", "integrated_gradients")
     try:
-        _write_figure(explain.plot_saliency(X, maps, shape, titles, cmap="bwr" if signed else "hot"), args.out, dpi=80)
+        write_figure(explain.plot_saliency(X, maps, shape, titles, cmap="bwr" if signed else "hot"), args.out, dpi=80)
     except OSError as e:
         return _fail("explain", f"cannot write {args.out}: {e}", 1)
     right = f", {int(np.count_nonzero(predicted == y))} of them predicted correctly" if classes else ""
@@ -836,7 +825,7 @@ def _cmd_attack(args):
                                                report["adversarial_predictions"],
                                                title=f"{how}, eps {args.eps:g}: originals, adversarial examples, "
                                                      "perturbations")
-            _write_figure(figure, args.save_examples, dpi=80)
+            write_figure(figure, args.save_examples, dpi=80)
         except OSError as e:
             return _fail("attack", f"cannot write {args.save_examples}: {e}", 1)
         if not args.json:
@@ -954,7 +943,7 @@ def _cmd_federated(args):
             f"{s} {summary['runs'][s]['rounds_to_target'] or f'>{args.rounds}'}" for s in args.partition))
     if args.plot:
         try:
-            _write_figure(federated.plot_accuracy(curves, args.target,
+            write_figure(federated.plot_accuracy(curves, args.target,
                                                   f"{strategy}, {summary['model']}, C={args.fraction:g}, "
                                                   f"E={args.epochs}, B={args.batch_size}"), args.plot, dpi=90)
         except OSError as e:

@@ -608,7 +608,6 @@ def write_plots(study, folder, dpi=100):
     (``hidden_2`` only when every trial had two layers).  Returns
     ``(written paths, {stem: reason})`` for figures that could not be drawn
     (e.g. importances need two completed trials)."""
-    import io
     import os
 
     _optuna()
@@ -616,7 +615,7 @@ def write_plots(study, folder, dpi=100):
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    from fastwb._io import atomic_open
+    from fastwb._io import write_figure
 
     os.makedirs(folder, exist_ok=True)
     written, skipped = [], {}
@@ -637,12 +636,11 @@ def write_plots(study, folder, dpi=100):
         figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
         figure.set_size_inches(max(10, 1.4 * len(params) + 2) if stem == "parallel_coordinate" else 10, 6)
         figure.tight_layout()
-        data = io.BytesIO()
-        figure.savefig(data, format="png", dpi=dpi)
-        plt.close(figure)
         path = os.path.join(folder, f"{stem}.png")
-        with atomic_open(path, "wb") as fh:
-            fh.write(data.getvalue())
+        try:
+            write_figure(figure, path, dpi)
+        finally:
+            plt.close(figure)
         written.append(path)
     return written, skipped
 
