@@ -233,14 +233,6 @@ def plots_folder(text):
     return text
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with every usage error on one line of stderr and exit status 2."""
-
-    def error(self, message):
-        message = " ".join(str(message).split("\n"))    # a value may hold a newline
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
 def non_negative_float(text):
     """A finite real number >= 0."""
     value = _number(text, float, "a number >= 0")
@@ -274,6 +266,14 @@ def partitions(text):
     return list(dict.fromkeys(names))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every usage error on one line of stderr and exit status 2."""
+
+    def error(self, message):
+        message = " ".join(str(message).split("\n"))    # a value may hold a newline
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 # -- the commands ---------------------------------------------------------------
 
 def _fail(command, message, status=2):
@@ -296,12 +296,17 @@ def _load_model(command, path, load=None):
         return None, _fail(command, f"cannot load {e}" if str(e).startswith(f"{path}:") else f"cannot load {path}: {e}")
 
 
+def _data_path_option(parser):
+    """``--data-path``, where the MNIST/Fashion-MNIST IDX files are (every command that loads a data set)."""
+    parser.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
+                                            "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+
+
 def _test_data_options(parser, default):
     """``--dataset`` and ``--data-path`` of a command that reads a test split (:func:`_test_split`)."""
     parser.add_argument("--dataset", choices=sorted(DEFAULTS), default=default,
                         help=f"the test images (default: {default}; the model must take their pixel count)")
-    parser.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
-                                            "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    _data_path_option(parser)
 
 
 def _test_split(command, model, args):
@@ -973,8 +978,7 @@ def build_parser():
                            description="Train an MLP with softmax cross-entropy. Defaults: the embedded 8x8 "
                                        "digits, one hidden layer of 128 ReLU units, Adam, 30 epochs.")
     train.add_argument("--dataset", choices=sorted(DEFAULTS), default="digits")
-    train.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
-                                           "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    _data_path_option(train)
     train.add_argument("--hidden", type=positive_int, nargs="+", metavar="N",
                        help="hidden layer sizes (digits: 128, mnist: 256)")
     train.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "sigmoid", "tanh", "identity"])
@@ -1129,8 +1133,7 @@ def build_parser():
     tune_.add_argument("--dataset", choices=sorted(DEFAULTS), default="digits",
                        help="the data (default: digits, the embedded 8x8 images; mnist needs --data-path or "
                             "$FASTWB_MNIST)")
-    tune_.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
-                                           "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    _data_path_option(tune_)
     tune_.add_argument("--trials", type=positive_int, default=20, metavar="N",
                        help="stop when the study holds N finished (complete or pruned) trials, counting those "
                             "already in --storage; failed ones are run again (default 20)")
@@ -1177,8 +1180,7 @@ def build_parser():
                                      "--epochs local epochs, and the server scores the averaged weights on the "
                                      "test set. Prints accuracy per round and the rounds to --target.")
     fed.add_argument("--dataset", choices=sorted(DEFAULTS), default="mnist")
-    fed.add_argument("--data-path", help="folder of the MNIST/Fashion-MNIST IDX files "
-                                         "(default: $FASTWB_MNIST, or $FASTWB_FASHION_MNIST for fashion-mnist)")
+    _data_path_option(fed)
     fed.add_argument("--clients", type=positive_int, default=100)
     fed.add_argument("--fraction", type=unit_fraction, default=0.1, help="share of clients sampled per round")
     fed.add_argument("--rounds", type=positive_int, default=50)
