@@ -153,10 +153,11 @@ def check_int(name, value, minimum=None):
     return value
 
 
-def check_real(name, value, minimum=None, maximum=None, below=None):
+def check_real(name, value, minimum=None, maximum=None, below=None, above=None):
     """``value`` as a finite Python float within the given bounds (``below``
-    is an exclusive upper bound); TypeError for non-numbers, ValueError naming
-    ``name`` for NaN, infinities and values out of range."""
+    and ``above`` are exclusive upper and lower bounds); TypeError for
+    non-numbers, ValueError naming ``name`` for NaN, infinities and values out
+    of range."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a real number, got bool")
     try:
@@ -171,4 +172,6 @@ def check_real(name, value, minimum=None, maximum=None, below=None):
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
     if below is not None and not value < below:
         raise ValueError(f"{name} must be < {below}, got {value}")
+    if above is not None and not value > above:
+        raise ValueError(f"{name} must be > {above}, got {value}")
     return value

@@ -159,8 +159,8 @@ class FlowerClient(_flwr_client.NumPyClient):
         self.batch_size = _validate.check_int("batch_size", batch_size, 1)
         optim.by_name(optimizer)            # a ValueError listing the names for an unknown one
         self.optimizer = optimizer
-        self.lr = _positive("lr", lr)
-        self.proximal_mu = _nonnegative("proximal_mu", proximal_mu)
+        self.lr = _validate.check_real("lr", lr, above=0)
+        self.proximal_mu = _validate.check_real("proximal_mu", proximal_mu, minimum=0)
         if batchnorm not in BATCHNORM_POLICIES:
             raise ValueError(f"batchnorm must be one of {BATCHNORM_POLICIES}, got {batchnorm!r}")
         self.batchnorm = batchnorm
@@ -217,20 +217,6 @@ def _round(config):
 def _metric_name(model):
     """The name of the metric ``model.evaluate`` returns."""
     return "r2" if model.loss.name == "mse" else model.loss.metrics[0]
-
-
-def _positive(name, value):
-    v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
-
-
-def _nonnegative(name, value):
-    v = float(value)
-    if not (math.isfinite(v) and v >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return v
 
 
 # -- partitions -----------------------------------------------------------------------------
@@ -408,17 +394,16 @@ def simulate(model, dataset="mnist", data_path=None, clients=100, fraction=0.1, 
     epochs = _validate.check_int("epochs", epochs, 1)
     batch_size = _validate.check_int("batch_size", batch_size, 1)
     threads_per_client = _validate.check_int("threads_per_client", threads_per_client, 1)
-    fraction = float(fraction)
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    fraction = _validate.check_real("fraction", fraction, above=0, maximum=1)
     if scheme not in PARTITIONS:
         raise ValueError(f"scheme must be one of {PARTITIONS}, got {scheme!r}")
     if batchnorm not in BATCHNORM_POLICIES:
         raise ValueError(f"batchnorm must be one of {BATCHNORM_POLICIES}, got {batchnorm!r}")
-    lr, proximal_mu, noise = _positive("lr", lr), _nonnegative("proximal_mu", proximal_mu), _nonnegative(
-        "noise", noise)
+    lr = _validate.check_real("lr", lr, above=0)
+    proximal_mu = _validate.check_real("proximal_mu", proximal_mu, minimum=0)
+    noise = _validate.check_real("noise", noise, minimum=0)
     if clip is not None:
-        clip = _positive("clip", clip)
+        clip = _validate.check_real("clip", clip, above=0)
     sampled = max(1, int(round(fraction * clients)))
     cpus = _runtime.cpu_budget()["cpus"] if cpus is None else _validate.check_int("cpus", cpus, 1)
     if data_path is None and dataset in datasets.DATASETS and os.environ.get(datasets.DATASETS[dataset].env):
